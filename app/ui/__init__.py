@@ -1,0 +1,26 @@
+"""The Gradio app: one file per tab, assembled here. The only package that imports gradio."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from app.config import Settings
+from app.serving import ServingClient
+from app.ui import compare
+
+TITLE = "Adapter Arena"
+INTRO = (
+    "Does a fine-tuned LoRA adapter beat a persona prompt or RAG for your domain? Ask one question and compare the "
+    "answers side by side. Answers come from a small demo model: they are demo material, not professional advice."
+)
+
+
+def build_app(settings: Settings, client: ServingClient) -> gr.Blocks:
+    """The whole UI, wired to `client`; launch it with `demo.launch(...)`."""
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        with gr.Tab("Compare"):
+            compare.render(settings, client, demo)
+    # vLLM batches concurrent requests, so let many panels (and users) stream at once.
+    demo.queue(default_concurrency_limit=32)
+    return demo

@@ -1,0 +1,84 @@
+"""Serving: the vLLM command line, and real streaming through our client against the real vLLM server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app.config import load_settings
+from app.serving import ServingClient, ServingError, VLLMServer, discover_adapters
+from tests.conftest import free_port
+
+
+def test_command_carries_configured_flags(tmp_path: Path) -> None:
+    adapter = tmp_path / "adapters" / "legal"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    (tmp_path / "adapters" / "notes").mkdir()  # no adapter_config.json: not an adapter
+    settings = load_settings(
+        None, {"paths.adapters": str(tmp_path / "adapters"), "vllm.max_loras": 3, "vllm.max_lora_rank": 8}
+    )
+    cmd = VLLMServer(settings).command()
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    for flag, value in [("--max-loras", "3"), ("--max-lora-rank", "8"), ("--host", "127.0.0.1")]:
+        assert cmd[cmd.index(flag) + 1] == value
+    assert "--enable-lora" in cmd
+    assert cmd[cmd.index("--lora-modules") + 1 :] == [f"legal={adapter.resolve()}"]
+    assert discover_adapters(tmp_path / "missing") == {}
+
+
+def test_environment_sets_cpu_kv_cache_and_runtime_lora() -> None:
+    env = VLLMServer(load_settings(None, {"vllm.kv_cache_gib": 1.5})).environment()
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1.5"
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+
+
+async def test_lists_base_model(vllm_server: VLLMServer) -> None:
+    client = ServingClient(vllm_server.base_url)
+    models = await client.list_models()
+    assert [m.id for m in models] == ["base"]
+    assert not models[0].is_adapter
+
+
+async def test_streams_real_tokens_with_chat_template(vllm_server: VLLMServer) -> None:
+    client = ServingClient(vllm_server.base_url)
+    messages = [{"role": "user", "content": "Name three colours of the rainbow."}]
+    deltas = [d async for d in client.stream_chat("base", messages, temperature=0.0, max_tokens=24)]
+    text = "".join(d.text for d in deltas)
+    usage = deltas[-1]
+    assert len([d for d in deltas if d.text]) > 3, "the answer must arrive as several streamed pieces"
+    assert text.strip(), "the model must produce text"
+    assert 0 < usage.completion_tokens <= 24
+    # The chat template wraps the message in ChatML turns, so the prompt is longer than the question alone.
+    assert usage.prompt_tokens > 10
+    again = "".join([d.text async for d in client.stream_chat("base", messages, temperature=0.0, max_tokens=24)])
+    assert again == text, "temperature 0 must be deterministic"
+
+
+async def test_unknown_model_is_a_clear_error(vllm_server: VLLMServer) -> None:
+    client = ServingClient(vllm_server.base_url)
+    with pytest.raises(ServingError, match="model 'no-such-adapter': server said 404"):
+        async for _ in client.stream_chat("no-such-adapter", [{"role": "user", "content": "hi"}]):
+            pass
+
+
+async def test_dead_server_is_a_clear_error() -> None:
+    client = ServingClient(f"http://127.0.0.1:{free_port()}/v1", timeout_s=5)
+    with pytest.raises(ServingError, match="not reachable"):
+        await client.list_models()
+    with pytest.raises(ServingError, match="not reachable"):
+        async for _ in client.stream_chat("base", [{"role": "user", "content": "hi"}]):
+            pass
+
+
+def test_start_failure_shows_log_tail(tmp_path: Path) -> None:
+    settings = load_settings(
+        None, {"model.path": str(tmp_path / "no-model"), "vllm.port": free_port(), "paths.data": str(tmp_path)}
+    )
+    server = VLLMServer(settings)
+    server.start()
+    with pytest.raises(ServingError, match="vLLM exited with code"):
+        server.wait_ready(timeout_s=240, progress=False)
+    assert server.pid is None or server.stop() is None
