@@ -51,6 +51,7 @@ test-slow: install-dev model
 lint: install-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
 
 format: install-dev
 	$(PY) -m ruff format .
