@@ -1,0 +1,209 @@
+"""Arena vote storage: append-only vote events in a SQL database through SQLAlchemy 2.
+
+By default a SQLite file at `<paths.data>/arena.db` in WAL journal mode (readers never block the writer; a busy
+timeout makes concurrent writers wait instead of failing). Several app replicas share one PostgreSQL database by
+URL instead, e.g. `postgresql+psycopg://arena:secret@db-host:5432/arena` (needs `pip install psycopg[binary]`).
+Configurations are stored as JSON, never pickled. The schema is created on first use. Blocking calls: from async
+code run them in a worker thread (`await anyio.to_thread.run_sync(lambda: store.add_vote(...))`). Look at a database:
+
+    .venv/bin/python -c "from app.store import VoteStore; print(VoteStore('sqlite:///.data/arena.db').count())"
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, DateTime, Engine, String, Text, create_engine, event, func, select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from app.ratings import OUTCOMES, Outcome
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+DB_FILENAME = "arena.db"
+
+
+class StoreError(RuntimeError):
+    """The votes database cannot be opened or written; the message says which and why."""
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _VoteRow(_Base):
+    __tablename__ = "votes"
+    __table_args__ = (CheckConstraint(f"outcome IN ({', '.join(repr(o) for o in OUTCOMES)})", name="outcome_known"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    session_id: Mapped[str] = mapped_column(String, index=True)
+    domain: Mapped[str | None] = mapped_column(String, index=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    config_a: Mapped[dict[str, Any]] = mapped_column(JSON)
+    config_b: Mapped[dict[str, Any]] = mapped_column(JSON)
+    answer_a: Mapped[str] = mapped_column(Text)
+    answer_b: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16))
+    latency_a_s: Mapped[float | None]
+    latency_b_s: Mapped[float | None]
+    error_a: Mapped[str | None] = mapped_column(Text)
+    error_b: Mapped[str | None] = mapped_column(Text)
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One stored vote: what was asked, the two configurations and answers (A = left panel), and the verdict."""
+
+    id: int
+    created_at: dt.datetime  # UTC
+    session_id: str
+    domain: str | None
+    prompt: str
+    config_a: dict[str, Any]
+    config_b: dict[str, Any]
+    answer_a: str
+    answer_b: str
+    outcome: Outcome
+    latency_a_s: float | None = None
+    latency_b_s: float | None = None
+    error_a: str | None = None
+    error_b: str | None = None
+
+    @property
+    def errored(self) -> bool:
+        """True when either panel failed to answer (such votes say nothing about the configurations)."""
+        return bool(self.error_a or self.error_b)
+
+
+def sqlite_url(path: Path) -> str:
+    """SQLAlchemy URL of a SQLite file."""
+    return URL.create("sqlite", database=str(path)).render_as_string()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def _to_vote(row: _VoteRow) -> Vote:
+    values = {field.name: getattr(row, field.name) for field in fields(Vote)}
+    if values["created_at"].tzinfo is None:  # SQLite keeps no time zone; everything stored is UTC
+        values["created_at"] = values["created_at"].replace(tzinfo=dt.UTC)
+    return Vote(**values)
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's own message when there is one (it names the real problem), else SQLAlchemy's."""
+    return str(getattr(exc, "orig", None) or exc)
+
+
+class VoteStore:
+    """Append-only arena votes in the database at `url` (SQLite file or PostgreSQL). Close it, or use `with`."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise StoreError(
+                f"votes database URL {url!r} is not valid: expected e.g. sqlite:///.data/arena.db or "
+                "postgresql+psycopg://user:password@host:5432/arena"
+            ) from exc
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            folder = Path(parsed.database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the votes database folder {folder}: {exc.strerror}") from exc
+        try:
+            self.engine: Engine = create_engine(parsed, pool_pre_ping=True)
+        except (ImportError, ArgumentError) as exc:
+            raise StoreError(
+                f"cannot use votes database {parsed!r}: {exc}; install its driver "
+                "(PostgreSQL: pip install 'psycopg[binary]')"
+            ) from exc
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            _Base.metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            self.engine.dispose()
+            raise StoreError(f"cannot open votes database {parsed!r}: {_reason(exc)}") from exc
+
+    @classmethod
+    def in_folder(cls, data_dir: Path) -> VoteStore:
+        """The default store: SQLite `arena.db` in the app's data folder (settings.paths.data)."""
+        return cls(sqlite_url(data_dir / DB_FILENAME))
+
+    def add_vote(
+        self,
+        *,
+        session_id: str,
+        prompt: str,
+        config_a: Mapping[str, Any],
+        config_b: Mapping[str, Any],
+        answer_a: str,
+        answer_b: str,
+        outcome: Outcome,
+        domain: str | None = None,
+        latency_a_s: float | None = None,
+        latency_b_s: float | None = None,
+        error_a: str | None = None,
+        error_b: str | None = None,
+    ) -> int:
+        """Record one vote (A = the left panel) and return its id."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}; got {outcome!r}")
+        row = _VoteRow(
+            created_at=dt.datetime.now(dt.UTC),
+            session_id=session_id,
+            domain=domain,
+            prompt=prompt,
+            config_a=dict(config_a),
+            config_b=dict(config_b),
+            answer_a=answer_a,
+            answer_b=answer_b,
+            outcome=outcome,
+            latency_a_s=latency_a_s,
+            latency_b_s=latency_b_s,
+            error_a=error_a,
+            error_b=error_b,
+        )
+        try:
+            with Session(self.engine) as session, session.begin():
+                session.add(row)
+                session.flush()
+                return row.id
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not save the vote: {_reason(exc)}") from exc
+
+    def votes(self, domain: str | None = None) -> list[Vote]:
+        """Every vote, oldest first; only those of `domain` when given."""
+        query = select(_VoteRow).order_by(_VoteRow.id)
+        if domain is not None:
+            query = query.where(_VoteRow.domain == domain)
+        with Session(self.engine) as session:
+            return [_to_vote(row) for row in session.scalars(query)]
+
+    def count(self, domain: str | None = None) -> int:
+        query = select(func.count()).select_from(_VoteRow)
+        if domain is not None:
+            query = query.where(_VoteRow.domain == domain)
+        with Session(self.engine) as session:
+            return session.scalar(query) or 0
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> VoteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
