@@ -61,3 +61,8 @@ check: lint test
 
 clean:
 	rm -rf .data .pytest_cache
+
+# Trains the four shipped LoRA adapters one after another (docs/adapters.md; ~15-50 min each on 2 CPU cores).
+.PHONY: train-all
+train-all: model
+	for name in legal medical finance support; do $(PY) -m app.train $$name || exit 1; done
