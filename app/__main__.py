@@ -59,12 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     # Turn SIGTERM (docker stop, kill) into the same clean shutdown as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with ExitStack() as stack:
+        server = None
         if settings.vllm.url:
             if not server_is_up(settings.vllm.base_url, settings.vllm.api_key):
                 print(f"warning: no vLLM server answers at {settings.vllm.base_url} yet", file=sys.stderr)
         else:
             ensure_model(settings)
             server = stack.enter_context(VLLMServer(settings))
+        from app.rag import RAGStore, build_indexes  # heavy imports: once the server is on its way
+
+        rag = RAGStore(settings)
+        build_indexes(rag)  # RAG indexes, reused when up to date; built while vLLM starts
+        if server is not None:
             try:
                 server.wait_ready()
             except ServingError as exc:
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         from app.ui import build_app  # gradio is slow to import: only once the server is on its way
 
-        demo = build_app(settings, ServingClient.from_settings(settings))
+        demo = build_app(settings, ServingClient.from_settings(settings), rag)
         print(f"Adapter Arena on http://{settings.ui.host}:{settings.ui.port}", file=sys.stderr)
         demo.launch(server_name=settings.ui.host, server_port=settings.ui.port, show_error=True)
     return 0

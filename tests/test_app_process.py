@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 from gradio_client import Client
 
 from app.serving import VLLMServer, server_is_up
@@ -66,23 +67,31 @@ def running_app(args: list[str], env: dict[str, str]) -> Iterator[tuple[subproce
 
 
 def ask(ui_port: int) -> str:
-    final = Client(f"http://127.0.0.1:{ui_port}/", verbose=False).predict(
-        "Say hello.", "base", [], 0.0, 16, api_name="/answer_0"
+    """Send one question to both panels (base model, no RAG); return the first panel's answer."""
+    panel = ["base", [], 0.0, 16, False, None]
+    chat, *_ = Client(f"http://127.0.0.1:{ui_port}/", verbose=False).predict(
+        "Say hello.", *panel, *panel, api_name="/answer_all"
     )
-    return str(final[-1]["content"])
+    return str(chat[-1]["content"])
 
 
-def test_app_uses_external_server(vllm_server: VLLMServer, tmp_path: Path) -> None:
-    with running_app(["--vllm-url", vllm_server.base_url], {"ARENA_PATHS__DATA": str(tmp_path)}) as (process, port):
+@pytest.fixture(scope="module")
+def app_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data folder for both app runs, so the second reuses the RAG indexes the first built."""
+    return tmp_path_factory.mktemp("app-data")
+
+
+def test_app_uses_external_server(vllm_server: VLLMServer, app_data: Path) -> None:
+    with running_app(["--vllm-url", vllm_server.base_url], {"ARENA_PATHS__DATA": str(app_data)}) as (process, port):
         assert "⚠️" not in ask(port)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) in (0, -signal.SIGINT, 130)
     assert server_is_up(vllm_server.base_url), "stopping the app must not stop a server it did not start"
 
 
-def test_ctrl_c_stops_app_and_its_vllm(model_dir: Path, tmp_path: Path) -> None:
+def test_ctrl_c_stops_app_and_its_vllm(model_dir: Path, app_data: Path, tmp_path: Path) -> None:
     vllm_port = free_port()
-    env = {"ARENA_PATHS__DATA": str(tmp_path), "ARENA_VLLM__KV_CACHE_GIB": "1", "ARENA_PATHS__ADAPTERS": str(tmp_path)}
+    env = {"ARENA_PATHS__DATA": str(app_data), "ARENA_VLLM__KV_CACHE_GIB": "1", "ARENA_PATHS__ADAPTERS": str(tmp_path)}
     with running_app(["--model", str(model_dir), "--vllm-port", str(vllm_port)], env) as (process, port):
         marker = f"--port {vllm_port}"
         assert processes_with(marker), "the app must have started its own vLLM server"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.config import Settings
+from app.rag import RAGStore
 from app.serving import ServingClient
 from app.ui import adapters_tab, compare
 
@@ -15,14 +16,15 @@ INTRO = (
 )
 
 
-def build_app(settings: Settings, client: ServingClient) -> gr.Blocks:
-    """The whole UI, wired to `client`; launch it with `demo.launch(...)`."""
+def build_app(settings: Settings, client: ServingClient, rag: RAGStore | None = None) -> gr.Blocks:
+    """The whole UI, wired to `client` and the knowledge bases of `rag`; launch it with `demo.launch(...)`."""
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Tab("Compare"):
-            compare.render(settings, client, demo)
+            refresh_models = compare.render(settings, client, demo, rag or RAGStore(settings))
         with gr.Tab("Adapters"):
-            adapters_tab.render(settings, client, demo)
+            for event in adapters_tab.render(settings, client, demo):
+                event.success(**refresh_models)  # a loaded or unloaded adapter shows up in the panels' dropdowns
     # vLLM batches concurrent requests, so let many panels (and users) stream at once.
     demo.queue(default_concurrency_limit=32)
     return demo
