@@ -9,8 +9,9 @@ ACCEL ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(ACCEL)
 DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-dev model run test test-slow check lint format clean
+.PHONY: install install-dev model browser run test test-slow check lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,13 +40,17 @@ install-dev: $(DEV_STAMP)
 model: install
 	$(PY) -m app.model_prep
 
+# Debian's Chromium for the browser tests (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
+
 run: install model
 	$(PY) -m app $(ARGS)
 
-test: lint model
+test: lint model browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-slow: install-dev model
+test-slow: lint model browser
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 lint: install-dev

@@ -65,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warning: no vLLM server answers at {settings.vllm.base_url} yet", file=sys.stderr)
         else:
             ensure_model(settings)
-            server = stack.enter_context(VLLMServer(settings))
+            from app.adapters import servable_adapters
+
+            adapters, warnings = servable_adapters(settings)
+            for warning in warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+            server = stack.enter_context(VLLMServer(settings, adapters=adapters))
         from app.rag import RAGStore, build_indexes  # heavy imports: once the server is on its way
 
         rag = RAGStore(settings)

@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from app.config import ConfigError, Settings, load_settings
-from app.serving import ServingClient, ServingError
+from app.serving import ServingClient, ServingError, discover_adapters
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CONFIG_FILE = "adapter_config.json"
@@ -265,6 +265,21 @@ def validate_adapter(
 def validate_for(settings: Settings, path: Path | str, name: str | None = None) -> AdapterInfo:
     """validate_adapter with the limits and folders of `settings`."""
     return validate_adapter(path, settings.model.path, settings.vllm.max_lora_rank, allowed_roots(settings), name)
+
+
+def servable_adapters(settings: Settings) -> tuple[dict[str, Path], list[str]]:
+    """The adapter folders under paths.adapters that pass validation, and one warning per folder that does not.
+
+    Used at start-up: a broken folder must not stop vLLM from starting with the others.
+    """
+    good: dict[str, Path] = {}
+    warnings = []
+    for name, path in discover_adapters(settings.paths.adapters).items():
+        try:
+            good[name] = validate_for(settings, path, name).path
+        except AdapterError as exc:
+            warnings.append(f"adapter '{name}' not loaded: {exc}")
+    return good, warnings
 
 
 # --- the running server ---------------------------------------------------------------------------------------------

@@ -75,9 +75,13 @@ def _die_with_parent() -> None:
 class VLLMServer:
     """A vLLM OpenAI-compatible server run as a child process. Use as a context manager, or start()/stop()."""
 
-    def __init__(self, settings: Settings, log_path: Path | None = None) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path | None = None, adapters: dict[str, Path] | None = None
+    ) -> None:
         self.settings = settings
         self.log_path = log_path or settings.paths.data / "logs" / "vllm.log"
+        # Adapters to serve from the start (name -> folder); by default every adapter folder under paths.adapters.
+        self.adapters = discover_adapters(settings.paths.adapters) if adapters is None else adapters
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -98,9 +102,8 @@ class VLLMServer:
             "--max-loras", str(vllm.max_loras),
             "--max-lora-rank", str(vllm.max_lora_rank),
         ]  # fmt: skip
-        adapters = discover_adapters(self.settings.paths.adapters)
-        if adapters:
-            cmd += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
+        if self.adapters:
+            cmd += ["--lora-modules", *(f"{name}={path}" for name, path in self.adapters.items())]
         return cmd + list(vllm.extra_args)
 
     def environment(self) -> dict[str, str]:

@@ -363,3 +363,21 @@ async def test_ui_loads_and_unloads(ui: Client, client: ServingClient, data_adap
         ui.predict("/etc", "etc", api_name="/adapters_load")
     message, table, _ = ui.predict("alpha-ui", api_name="/adapters_unload")
     assert "Unloaded **alpha-ui**" in message and [row[0] for row in table["data"]] == ["base"]
+
+
+def test_start_up_serves_good_adapters_and_skips_broken_ones(
+    made: dict[str, Path], tmp_path: Path, server_settings: Settings
+) -> None:
+    shipped = tmp_path / "adapters"
+    copy(made, "alpha", shipped, "good")
+    broken = copy(made, "beta", shipped, "broken")
+    (broken / "adapter_config.json").write_text("{not json")
+    (shipped / "notes").mkdir()  # no adapter_config.json: not an adapter at all
+    settings = server_settings.model_copy(
+        update={"paths": server_settings.paths.model_copy(update={"adapters": shipped})}
+    )
+    good, warnings = adapters.servable_adapters(settings)
+    assert good == {"good": (shipped / "good").resolve()}
+    assert len(warnings) == 1 and warnings[0].startswith("adapter 'broken' not loaded:")
+    command = VLLMServer(settings, adapters=good).command()
+    assert command[command.index("--lora-modules") + 1 :] == [f"good={(shipped / 'good').resolve()}"]

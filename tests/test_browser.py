@@ -1,0 +1,97 @@
+"""Browser end-to-end: Debian's headless Chromium, driven by Playwright, against the real app and vLLM server.
+
+Screenshots are saved under test-artifacts/ (ignored by git) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from app.config import Settings
+from app.serving import ServingClient, VLLMServer
+from app.ui import build_app
+from tests.conftest import REPO, free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def app_url(vllm_server: VLLMServer, server_settings: Settings) -> Iterator[str]:
+    demo: gr.Blocks = build_app(server_settings, ServingClient(vllm_server.base_url))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert CHROMIUM.exists(), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
+    with sync_playwright() as playwright:
+        # Playwright gives each launch a fresh, empty profile of its own.
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def panel_texts(page: Page) -> list[str]:
+    """The assistant messages on the page, left panel first (one per panel after a first question)."""
+    return page.locator(".bot").all_inner_texts()
+
+
+def test_two_panels_stream_side_by_side(browser: Browser, app_url: str) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url)
+    page.get_by_label("Panel 1 model").wait_for()
+    page.wait_for_function("document.querySelector('input[aria-label=\"Panel 1 model\"]').value === 'base'")
+    question = page.get_by_label("Your question")
+    question.fill("Explain what a tort is in three sentences.")
+    page.get_by_role("button", name="Send to all").click()
+
+    both_growing = False
+    previous = ["", ""]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        texts = panel_texts(page)
+        if len(texts) == 2 and all(texts) and all(len(t) > len(p) > 0 for t, p in zip(texts, previous, strict=True)):
+            both_growing = True  # both answers got longer since the last look: they stream at the same time
+            break
+        previous = texts if len(texts) == 2 else previous
+        time.sleep(0.3)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "compare-streaming.png", full_page=True)
+    assert both_growing, f"both panels must stream at once, saw {previous}"
+
+    page.wait_for_function("document.querySelectorAll('.bot').length >= 2", timeout=120_000)  # both answered
+    page.screenshot(path=ARTIFACTS / "compare-done.png", full_page=True)
+    page.close()
+
+
+def test_changing_a_panel_model_is_used(browser: Browser, app_url: str) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url)
+    model = page.get_by_label("Panel 2 model")
+    model.wait_for()
+    page.wait_for_function("document.querySelector('input[aria-label=\"Panel 2 model\"]').value === 'base'")
+    model.fill("no-such-adapter")
+    model.press("Enter")
+    page.get_by_label("Your question").fill("Hello")
+    page.get_by_role("button", name="Send to all").click()
+    error = page.get_by_text("model 'no-such-adapter'")
+    error.wait_for(timeout=120_000)
+    page.screenshot(path=ARTIFACTS / "compare-bad-model.png", full_page=True)
+    assert page.get_by_text("does not exist").count() >= 1
+    page.close()
