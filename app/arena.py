@@ -1,8 +1,9 @@
 """Blind A/B arena core: configurations and their labels, drawing a pair, stored votes → battles, DPO export.
 
-A configuration is what answers in one panel: the base model or a LoRA adapter, an optional persona, optional RAG
-over a knowledge base, and sampling. Two distinct configurations from the user's pool answer the same prompt as
-anonymous panels A (left) and B (right); the user votes; `app.store` keeps the vote; `app.ratings` rates the labels.
+A configuration (app.configuration.Configuration) is what answers in one panel: the base model or a LoRA adapter,
+an optional persona, optional RAG over a knowledge base, and sampling. Two distinct configurations from the user's
+pool answer the same prompt as anonymous panels A (left) and B (right); the user votes; `app.store` keeps the
+vote; `app.ratings` rates the labels.
 No UI here (see docs/arena.md for the API a Gradio tab uses). From the command line:
 
     .venv/bin/python -m app.arena ratings [--domain legal] [--both-bad drop]   # leaderboard of stored votes
@@ -20,57 +21,28 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from app.config import ConfigError, load_settings
+from app.configuration import Configuration
 from app.content import NAME_PATTERN, load_persona
 from app.ratings import Battle, BothBad, leaderboard
 from app.store import StoreError, Vote, VoteStore
-
-DEFAULT_TEMPERATURE = 0.7
-DEFAULT_MAX_TOKENS = 256
 
 
 class ArenaError(ValueError):
     """The arena cannot do what was asked (e.g. a pool of fewer than two configurations); ready to show."""
 
 
-class ArenaConfig(BaseModel):
-    """One competing configuration. Stored with each vote as JSON (`model_dump()`), read back with `model_validate`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    adapter: str | None = Field(None, pattern=NAME_PATTERN, description="LoRA adapter name; None = the base model")
-    persona: str | None = Field(None, pattern=NAME_PATTERN, description="persona whose system prompt is used")
-    rag: str | None = Field(None, pattern=NAME_PATTERN, description="knowledge base to retrieve from; None = no RAG")
-    temperature: float = Field(DEFAULT_TEMPERATURE, ge=0.0, le=2.0)
-    max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1)
-
-    @property
-    def label(self) -> str:
-        """Stable human name, e.g. "legal adapter + legal persona + RAG(legal)"; sampling shown when not default."""
-        parts = [f"{self.adapter} adapter" if self.adapter else "base model"]
-        if self.persona:
-            parts.append(f"{self.persona} persona")
-        if self.rag:
-            parts.append(f"RAG({self.rag})")
-        sampling = []
-        if self.temperature != DEFAULT_TEMPERATURE:
-            sampling.append(f"T={self.temperature:g}")
-        if self.max_tokens != DEFAULT_MAX_TOKENS:
-            sampling.append(f"{self.max_tokens} tokens")
-        return " + ".join(parts) + (f" ({', '.join(sampling)})" if sampling else "")
-
-
 def config_label(config: Mapping[str, Any]) -> str:
     """The label of a stored configuration dict."""
     try:
-        return ArenaConfig.model_validate(config).label
+        return Configuration.model_validate(config).label
     except ValidationError as exc:
         raise ArenaError(f"stored configuration {dict(config)!r} is not an arena configuration: {exc}") from exc
 
 
-def draw_pair(pool: Sequence[ArenaConfig], rng: random.Random) -> tuple[ArenaConfig, ArenaConfig]:
+def draw_pair(pool: Sequence[Configuration], rng: random.Random) -> tuple[Configuration, Configuration]:
     """Two different configurations from `pool`, in random order: the first is panel A (left).
 
     Duplicates in the pool count once, so every pair of distinct configurations is equally likely, and each
@@ -146,7 +118,7 @@ def _system_prompt(personas_dir: Path, name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.arena", description="Arena votes: ratings and DPO export.")
-    parser.add_argument("--db", help="votes database URL (default: sqlite file arena.db in paths.data)")
+    parser.add_argument("--db", help="votes database URL (default: arena.database_url, else arena.db in paths.data)")
     parser.add_argument("--domain", help="only votes cast in this domain")
     commands = parser.add_subparsers(dest="command", required=True)
     rate = commands.add_parser("ratings", help="print the leaderboard (Bradley–Terry with 95%% interval, Elo)")
@@ -157,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
-        with VoteStore(args.db) if args.db else VoteStore.in_folder(settings.paths.data) as store:
+        with VoteStore(args.db) if args.db else VoteStore.from_settings(settings) as store:
             votes = store.votes(args.domain)
         if args.command == "ratings":
             _print_leaderboard(battles(votes), args.both_bad)

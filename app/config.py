@@ -73,6 +73,9 @@ class UISettings(_Section):
     panels: int = Field(2, ge=2, le=4, description="answer panels shown at start")
     max_tokens: int = Field(256, ge=1, le=8192, description="default answer length per panel")
     request_timeout_s: float = Field(120.0, gt=0)
+    # Cost estimate under each answer: what a hosted API would charge, in USD per million tokens (in / out).
+    price_in_per_mtok: float = Field(0.15, ge=0, description="USD per million prompt tokens, for cost estimates")
+    price_out_per_mtok: float = Field(0.60, ge=0, description="USD per million answer tokens, for cost estimates")
 
 
 class PathSettings(_Section):
@@ -81,6 +84,14 @@ class PathSettings(_Section):
     kb: Path = Path("kb")
     evals: Path = Path("evals")
     data: Path = Field(Path(".data"), description="indexes, votes database, caches")
+
+
+class ArenaSettings(_Section):
+    database_url: str | None = Field(
+        None,
+        description="votes database URL (SQLAlchemy), e.g. postgresql+psycopg://user:pw@host/arena for several "
+        "replicas; default: SQLite file arena.db in paths.data. Prefer the environment for URLs with passwords.",
+    )
 
 
 class Settings(BaseSettings):
@@ -92,6 +103,7 @@ class Settings(BaseSettings):
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
     ui: UISettings = Field(default_factory=UISettings)
     paths: PathSettings = Field(default_factory=PathSettings)
+    arena: ArenaSettings = Field(default_factory=ArenaSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -119,7 +131,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (model, vllm, ui, paths), got {type(data).__name__}")
+        raise ConfigError(f"{path}: expected a mapping of sections (model, vllm, ...), got {type(data).__name__}")
     return data
 
 

@@ -15,22 +15,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from app.configuration import PanelConfig
 from app.prompts import build_messages, build_rag_messages
 from app.rag import Citation, RAGError, RAGStore
 from app.serving import ServingClient, ServingError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PanelConfig:
-    """What answers in one panel."""
-
-    model: str | None
-    system_prompt: str | None = None
-    kb: str | None = None  # knowledge base to retrieve from; None = RAG off
-    temperature: float = 0.7
-    max_tokens: int = 256
 
 
 @dataclass(frozen=True)
@@ -69,7 +59,12 @@ async def answer_panel(
         messages = build_messages(config.system_prompt, history, question)
     try:
         async for delta in client.stream_chat(
-            config.model, messages, temperature=config.temperature, max_tokens=config.max_tokens
+            config.model,
+            messages,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_tokens=config.max_tokens,
+            seed=config.seed,
         ):
             now = time.monotonic() - started
             if delta.text:

@@ -22,6 +22,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from app.config import Settings
 from app.ratings import OUTCOMES, Outcome
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -141,6 +142,12 @@ class VoteStore:
     def in_folder(cls, data_dir: Path) -> VoteStore:
         """The default store: SQLite `arena.db` in the app's data folder (settings.paths.data)."""
         return cls(sqlite_url(data_dir / DB_FILENAME))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VoteStore:
+        """`arena.database_url` when set (e.g. PostgreSQL for several replicas), else the default SQLite file."""
+        url = settings.arena.database_url
+        return cls(url) if url else cls.in_folder(settings.paths.data)
 
     def add_vote(
         self,

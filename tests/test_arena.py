@@ -15,7 +15,6 @@ from datasets import Dataset
 from pydantic import ValidationError
 
 from app.arena import (
-    ArenaConfig,
     ArenaError,
     battles,
     config_label,
@@ -24,16 +23,17 @@ from app.arena import (
     preference_records,
     write_preferences,
 )
+from app.configuration import Configuration
 from app.ratings import Battle
 from app.store import Vote, VoteStore, sqlite_url
 
-LEGAL_FULL = ArenaConfig(adapter="legal", persona="legal", rag="legal")
-BASE = ArenaConfig()
-PERSONA_ONLY = ArenaConfig(persona="legal")
-POOL = [LEGAL_FULL, BASE, PERSONA_ONLY, ArenaConfig(adapter="legal"), ArenaConfig(rag="legal")]
+LEGAL_FULL = Configuration(adapter="legal", persona="legal", rag="legal")
+BASE = Configuration()
+PERSONA_ONLY = Configuration(persona="legal")
+POOL = [LEGAL_FULL, BASE, PERSONA_ONLY, Configuration(adapter="legal"), Configuration(rag="legal")]
 
 
-def make_vote(a: ArenaConfig, b: ArenaConfig, outcome: str, number: int = 1, **changes: Any) -> Vote:
+def make_vote(a: Configuration, b: Configuration, outcome: str, number: int = 1, **changes: Any) -> Vote:
     return Vote(
         **{
             "id": number,
@@ -56,18 +56,18 @@ def test_labels() -> None:
     assert BASE.label == "base model"
     assert PERSONA_ONLY.label == "base model + legal persona"
     assert (
-        ArenaConfig(adapter="medical", temperature=0.2, max_tokens=128).label == "medical adapter (T=0.2, 128 tokens)"
+        Configuration(adapter="medical", temperature=0.2, max_tokens=128).label == "medical adapter (T=0.2, 128 tokens)"
     )
     assert len({config.label for config in POOL}) == len(POOL)
     assert config_label(LEGAL_FULL.model_dump()) == LEGAL_FULL.label
-    assert ArenaConfig.model_validate(json.loads(json.dumps(LEGAL_FULL.model_dump()))) == LEGAL_FULL
+    assert Configuration.model_validate(json.loads(json.dumps(LEGAL_FULL.model_dump()))) == LEGAL_FULL
 
 
 def test_config_validation() -> None:
     with pytest.raises(ValidationError):
-        ArenaConfig(adapter="../etc")
+        Configuration(adapter="../etc")
     with pytest.raises(ValidationError):
-        ArenaConfig(temperature=5)
+        Configuration(temperature=5)
     with pytest.raises(ArenaError, match="not an arena configuration"):
         config_label({"model": "legal"})
 
@@ -92,7 +92,7 @@ def test_draw_pair_needs_two_different_configs() -> None:
     rng = random.Random(0)
     assert set(draw_pair([BASE, BASE, BASE, LEGAL_FULL], rng)) == {BASE, LEGAL_FULL}
     with pytest.raises(ArenaError, match="at least two different configurations"):
-        draw_pair([BASE, ArenaConfig()], rng)
+        draw_pair([BASE, Configuration()], rng)
     with pytest.raises(ArenaError, match="at least two different configurations"):
         draw_pair([], rng)
 
