@@ -17,7 +17,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # One stamp per install: re-runs only when a requirements file changes.
-$(STAMP): requirements.txt requirements-$(ACCEL).txt requirements-nodeps.txt | $(PY)
+$(STAMP): requirements.txt requirements-$(ACCEL).txt requirements-nodeps.txt pyproject.toml | $(PY)
 ifeq ($(ACCEL),cpu)
 	$(PIP) install torch==2.13.0  # the CPU build first, so nothing pulls the multi-GB CUDA one
 endif
@@ -26,6 +26,7 @@ ifeq ($(ACCEL),cpu)
 	$(PIP) uninstall -y torchvision torchaudio torchcodec  # PyPI builds break vLLM's import beside CPU torch
 endif
 	$(PIP) install --no-deps -r requirements-nodeps.txt
+	$(PIP) install --no-deps --no-build-isolation -e .  # registers app.vllm_plugin with vLLM (pyproject.toml)
 	touch $@
 
 install: $(STAMP)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 
 from app.config import load_settings
 from app.serving import ServingClient, ServingError, VLLMServer, discover_adapters
-from tests.conftest import free_port
+from tests.conftest import REPO, free_port
 
 
 def test_command_carries_configured_flags(tmp_path: Path) -> None:
@@ -82,3 +84,57 @@ def test_start_failure_shows_log_tail(tmp_path: Path) -> None:
     with pytest.raises(ServingError, match="vLLM exited with code"):
         server.wait_ready(timeout_s=240, progress=False)
     assert server.pid is None or server.stop() is None
+
+
+def test_lora_fix_gives_no_delta_to_rows_without_an_adapter() -> None:
+    """The plugin's op wrapper: a token with LoRA index -1 gets nothing; vLLM's own torch op gives it the last slot."""
+    import torch
+    from vllm.lora.ops.torch_ops import lora_ops
+
+    from app.vllm_plugin import without_lora_rows
+
+    weights = torch.stack([torch.full((1, 3, 2), float(slot + 1)) for slot in range(4)])  # 4 slots, rank 3, dim 2
+    x = torch.ones(3, 2)
+    indices = torch.tensor([0, -1, 2])
+    original = getattr(lora_ops.bgmv_shrink, "__wrapped__", lora_ops.bgmv_shrink)
+    buggy, fixed = torch.zeros(3, 3), torch.zeros(3, 3)
+    original(x, weights, buggy, indices)
+    without_lora_rows(original)(x, weights, fixed, indices)
+    assert buggy[1].tolist() == [8.0] * 3, "vLLM's torch op applies the last slot (4 * 2) to index -1"
+    assert fixed[1].tolist() == [0.0] * 3 and fixed[0].tolist() == [2.0] * 3 and fixed[2].tolist() == [6.0] * 3
+
+
+async def test_base_requests_batched_with_adapters_stay_base(vllm_server: VLLMServer) -> None:
+    """Regression (app.vllm_plugin): on CPU, base-model requests batched with adapter requests used to be answered
+    by the adapter in the last slot. With the support adapter in every slot, its voice must not reach `base`."""
+    client = ServingClient(vllm_server.base_url)
+    names = [f"support-{n}" for n in range(4)]  # fill all of vLLM's --max-loras 4 slots with the support adapter
+    try:
+        for name in names:
+            await client.load_adapter(name, str(REPO / "adapters" / "support"))
+        questions = [
+            "How do I reset my phone?",
+            "What is a tort?",
+            "Explain compound interest.",
+            "What is angina?",
+            "How do I save money?",
+            "What is a subpoena?",
+            "Why is my phone slow?",
+            "What is an ETF?",
+        ]
+
+        async def ask(model: str, question: str) -> str:
+            messages = [{"role": "user", "content": question}]
+            return "".join([d.text async for d in client.stream_chat(model, messages, temperature=0.0, max_tokens=48)])
+
+        answers = await asyncio.gather(
+            *(ask("base", q) for q in questions), *(ask(names[n % 4], q) for n, q in enumerate(questions))
+        )
+        voiced = [a for a in answers if "Acme" in a or "Happy to help" in a]
+        assert voiced, "the support adapter must speak in Acme's voice at least once (else this test proves nothing)"
+        leaked = [a for a in answers[: len(questions)] if "Acme" in a or "Happy to help" in a]
+        assert not leaked, f"base answers batched with the support adapter took its voice: {leaked}"
+    finally:
+        for name in names:
+            with contextlib.suppress(ServingError):
+                await client.unload_adapter(name)
