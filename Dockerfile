@@ -20,10 +20,10 @@ WORKDIR /home/arena/app
 # Dependencies first, so code changes do not reinstall them.
 COPY --chown=arena:arena Makefile requirements*.txt ./
 USER 1000
-RUN make install PYTHON=python3
+RUN make deps PYTHON=python3
 
 COPY --chown=arena:arena . .
-RUN make model PYTHON=python3
+RUN make install model PYTHON=python3
 
 # Inside a container the UI must listen on all interfaces for `-p 7860:7860` to reach it.
 ENV ARENA_UI__HOST=0.0.0.0

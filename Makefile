@@ -8,16 +8,17 @@ PIP := $(PY) -m pip --disable-pip-version-check
 ACCEL ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(ACCEL)
 DEV_STAMP := $(VENV)/.installed-dev
+PROJECT_STAMP := $(VENV)/.installed-project
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-dev model browser run test test-slow check lint format clean
+.PHONY: deps install install-dev model browser run test test-slow check lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # One stamp per install: re-runs only when a requirements file changes.
-$(STAMP): requirements.txt requirements-$(ACCEL).txt requirements-nodeps.txt pyproject.toml | $(PY)
+$(STAMP): requirements.txt requirements-$(ACCEL).txt requirements-nodeps.txt | $(PY)
 ifeq ($(ACCEL),cpu)
 	$(PIP) install torch==2.13.0  # the CPU build first, so nothing pulls the multi-GB CUDA one
 endif
@@ -26,10 +27,16 @@ ifeq ($(ACCEL),cpu)
 	$(PIP) uninstall -y torchvision torchaudio torchcodec  # PyPI builds break vLLM's import beside CPU torch
 endif
 	$(PIP) install --no-deps -r requirements-nodeps.txt
-	$(PIP) install --no-deps --no-build-isolation -e .  # registers app.vllm_plugin with vLLM (pyproject.toml)
 	touch $@
 
-install: $(STAMP)
+# The project itself, editable: registers app.vllm_plugin with vLLM (its entry point is in pyproject.toml).
+$(PROJECT_STAMP): pyproject.toml $(STAMP)
+	$(PIP) install --no-deps --no-build-isolation -e .
+	touch $@
+
+deps: $(STAMP)
+
+install: $(STAMP) $(PROJECT_STAMP)
 
 $(DEV_STAMP): requirements-dev.txt $(STAMP)
 	$(PIP) install -r requirements-dev.txt

@@ -6,12 +6,14 @@ tables are labelled by. `PanelConfig` is the same thing resolved for one request
 persona's system prompt text (the Compare tab also builds it directly, e.g. from a custom system prompt).
 
     Configuration(adapter="legal", persona="legal", rag="legal").label  # "legal adapter + legal persona + RAG(legal)"
+    Configuration.for_domain("adapter+persona+rag", "legal")              # the same, by spec
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +22,13 @@ from app.content import NAME_PATTERN, Persona
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 1.0
 DEFAULT_MAX_TOKENS = 256
+# The classic comparisons, as specs for one domain (see Configuration.for_domain); the first is the default.
+PRESETS: dict[str, tuple[str, ...]] = {
+    "base + persona vs adapter + persona": ("base+persona", "adapter+persona"),
+    "adapter + persona vs base + persona + RAG": ("adapter+persona", "base+persona+rag"),
+    "base vs base + persona": ("base", "base+persona"),
+    "classic four-way": ("base+persona", "adapter+persona", "base+persona+rag", "adapter+rag"),
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,23 @@ class Configuration(BaseModel):
         if self.seed is not None:
             sampling.append(f"seed {self.seed}")
         return " + ".join(parts) + (f" ({', '.join(sampling)})" if sampling else "")
+
+    @classmethod
+    def for_domain(cls, spec: str, domain: str, **sampling: Any) -> Configuration:
+        """A configuration from a spec such as "adapter+persona+rag": `base` or `adapter` (the domain's adapter),
+        then optionally `persona` (the domain's persona) and `rag` (the domain's knowledge base)."""
+        parts = [part.strip().lower() for part in spec.split("+")]
+        if not parts or parts[0] not in ("base", "adapter") or not set(parts[1:]) <= {"persona", "rag"}:
+            raise ValueError(
+                f"configuration spec {spec!r}: expected base or adapter, then optionally +persona and +rag "
+                "(e.g. adapter+persona+rag)"
+            )
+        return cls(
+            adapter=domain if parts[0] == "adapter" else None,
+            persona=domain if "persona" in parts else None,
+            rag=domain if "rag" in parts else None,
+            **sampling,
+        )
 
     def resolve(self, personas: Mapping[str, Persona], base_model: str) -> PanelConfig:
         """The request-ready form; raises ValueError naming the persona when it is not among `personas`."""

@@ -36,6 +36,19 @@ class PanelAnswer:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Decoding speed after the first token."""
+        if not self.completion_tokens or self.first_token_s is None or self.elapsed_s <= self.first_token_s:
+            return None
+        return self.completion_tokens / (self.elapsed_s - self.first_token_s)
+
+    def cost_per_1k_answers(self, price_in_per_mtok: float, price_out_per_mtok: float) -> float | None:
+        """USD for 1,000 answers like this one at the given prices per million tokens (prompt / answer)."""
+        if self.prompt_tokens is None or self.completion_tokens is None:
+            return None
+        return (self.prompt_tokens * price_in_per_mtok + self.completion_tokens * price_out_per_mtok) / 1000
+
 
 async def answer_panel(
     client: ServingClient, rag: RAGStore, config: PanelConfig, history: Sequence[dict[str, Any]], question: str

@@ -27,7 +27,7 @@ import textstat
 from app.content import EvalItem, GlossaryEntry, Persona, StyleRules
 
 Embed = Callable[[list[str]], Sequence[Sequence[float]]]  # texts -> unit-length vectors (e.g. embed_documents)
-GROUNDED_THRESHOLD = 0.6  # cosine; see tests/test_scoring.py for the labelled pairs that set it
+GROUNDED_THRESHOLD = 0.55  # cosine; midway between the hand-labelled pairs in tests/test_scoring.py (0.42 vs 0.66)
 MIN_SENTENCE_WORDS = 4  # shorter sentences ("Happy to help!") carry no claim worth grounding
 
 
@@ -110,7 +110,7 @@ _UNITS = (
     r"mg/dL|mmol/L|mmHg|mg|mcg|mL|bpm|beats per minute|dollars?|cents?"
 )
 _NUMBER = re.compile(
-    rf"(?<![\w.])(?P<currency>\$)?(?P<value>\d{{1,3}}(?:,\d{{3}})+|\d+(?:\.\d+)?)(?:\s?(?P<unit>{_UNITS})(?!\w))?",
+    rf"(?<![\w.])(?P<currency>\$)?(?P<value>\d{{1,3}}(?:,\d{{3}})+(?:\.\d+)?|\d+(?:\.\d+)?)(?:\s?(?P<unit>{_UNITS})(?!\w))?",
     re.IGNORECASE,
 )
 # Two or more capitalised words in a row: "Acme Premium", "American Heart Association", "Roth IRA".
@@ -193,6 +193,9 @@ def extract_claims(text: str) -> list[Claim]:
         claims.append(Claim(match.group(0).strip(), kind, _number_key(match["value"])))
     for match in _NAME.finditer(text):
         words = match.group(0).split()
+        at_sentence_start = not text[: match.start()].strip() or text[: match.start()].rstrip()[-1] in ".!?:\n"
+        if at_sentence_start and (len(words) > 2 or words[0].lower() in _SENTENCE_STARTERS):
+            words = words[1:]  # "Try Acme Premium", "The Heart Association": the first word is capitalised anyway
         while words and words[0].lower() in _SENTENCE_STARTERS:
             words = words[1:]
         if len(words) >= 2:
@@ -246,6 +249,9 @@ def persona_facts(persona: Persona | None) -> list[str]:
     return [*(f"{e.term}: {e.definition}" for e in persona.glossary), persona.style.sign_off or ""]
 
 
+TERM, MISUSE, FALSE_CLAIM, UNSUPPORTED = "term", "misuse", "false claim", "unsupported"  # highlight labels
+
+
 @dataclass(frozen=True)
 class AnswerScores:
     """Every check that applied to one answer; None where a check did not apply."""
@@ -265,6 +271,34 @@ class AnswerScores:
     @property
     def style_score(self) -> float | None:
         return style_score(self.voice)
+
+    def marks(self) -> list[tuple[str, str]]:
+        """(text as found in the answer, label) for highlighting: false claims and misuses first, terms last."""
+        return [
+            *((claim, FALSE_CLAIM) for claim in self.forbidden),
+            *((hit.form, MISUSE) for hit in self.glossary if hit.misuse),
+            *((claim, UNSUPPORTED) for claim in self.unsupported),
+            *((hit.form, TERM) for hit in self.glossary if not hit.misuse),
+        ]
+
+
+def highlight(text: str, marks: Sequence[tuple[str, str]]) -> list[tuple[str, str | None]]:
+    """`text` cut into (segment, label or None) with every occurrence of each mark's text labelled.
+
+    Occurrences are found like terms (case-insensitive, whole tokens); where two overlap, the earlier mark wins.
+    """
+    spans: list[tuple[int, int, str]] = []
+    for form, label in marks:
+        for match in _term_pattern(form.strip()).finditer(text):
+            if all(match.end() <= start or match.start() >= end for start, end, _ in spans):
+                spans.append((match.start(), match.end(), label))
+    pieces: list[tuple[str, str | None]] = []
+    position = 0
+    for start, end, label in sorted(spans):
+        pieces += [(text[position:start], None), (text[start:end], label)]
+        position = end
+    pieces.append((text[position:], None))
+    return [(piece, label) for piece, label in pieces if piece]
 
 
 def score_answer(

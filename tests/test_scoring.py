@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from app.content import EvalItem, GlossaryEntry, StyleRules
-from app.scoring import contains_term, forbidden_hits, glossary_hits, terminology_accuracy, voice_checks
+from app.content import EvalItem, GlossaryEntry, StyleRules, load_content
+from app.rag import embeddings
+from app.scoring import (
+    TERM,
+    UNSUPPORTED,
+    contains_term,
+    extract_claims,
+    forbidden_hits,
+    glossary_hits,
+    groundedness,
+    highlight,
+    score_answer,
+    style_score,
+    terminology_accuracy,
+    unsupported_claims,
+    voice_checks,
+)
 
 
 @pytest.mark.parametrize(
@@ -70,3 +85,94 @@ def test_voice_each_rule_fails_on_its_own() -> None:
         "length": True, "acknowledgement": False, "next_step": False, "no_banned_phrases": False,
         "sign_off": False, "reading_level": False,
     }  # fmt: skip
+
+
+def test_style_score_is_the_share_of_rules_passed() -> None:
+    assert style_score({"a": True, "b": False, "c": True, "d": True}) == 0.75
+    assert style_score({}) is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "unsupported"),
+    [
+        ("Acme Unlimited is $45/month and returns take 30 days.", []),
+        ("Acme Unlimited is $60/month.", ["$60"]),  # the KB says $45
+        ("Returns take 90 days.", ["90 days"]),
+        ("It costs 45 dollars.", []),  # the same price, written out
+        ("You get 45% off.", ["45%"]),  # 45 is in the evidence, but not as a percentage
+        ("Step 1: open the app. Step 2: tap Plans.", []),  # single digits are not claims
+        ("Try Acme Premium instead.", ["Acme Premium"]),  # a name the evidence never uses
+        ("The Acme Unlimited plan is fine. Thanks for asking!", []),
+        ("Your reading of 134/86 is high.", []),  # numbers from the question are supported
+        ("Call 1,200 times.", ["1,200"]),
+    ],
+)
+def test_unsupported_claims(answer: str, unsupported: list[str]) -> None:
+    evidence = ["My reading was 134/86.", "Acme Unlimited costs $45/month. Returns within 30 days of delivery."]
+    assert unsupported_claims(answer, evidence) == unsupported
+
+
+def test_extract_claims_kinds() -> None:
+    claims = {
+        claim.text: claim.kind for claim in extract_claims("Pay $1,250.00 or 5% within 14 business days at Acme HQ.")
+    }
+    assert claims == {"$1,250.00": "money", "5%": "percent", "14 business days": "number", "Acme HQ": "name"}
+
+
+# Hand-labelled pairs that set GROUNDED_THRESHOLD (all-MiniLM-L6-v2 cosine, best context sentence): supported
+# paraphrases scored 0.66-0.81, unsupported sentences 0.13-0.42.
+CONTEXT = [
+    "Acme Unlimited costs $45 per month per line, with taxes and fees included.",
+    "You can return a phone within 30 days of delivery in its original packaging; there is no restocking fee.",
+    "Refunds go back to the original payment method within 5 to 7 business days.",
+    "A myocardial infarction happens when a coronary artery is blocked and heart muscle is starved of oxygen.",
+    "Stage 1 hypertension is a systolic pressure of 130 to 139 or a diastolic pressure of 80 to 89 mm Hg.",
+]
+LABELLED = [
+    ("The Unlimited plan is $45 a month for each line, taxes included.", True),
+    ("You have 30 days from delivery to send the phone back in the original box.", True),
+    ("Your refund reaches your original card in five to seven business days.", True),
+    ("A heart attack occurs when a blocked coronary artery cuts off oxygen to the heart muscle.", True),
+    ("A reading of 134 over 86 falls into stage 1 hypertension.", True),
+    ("We also give every customer a free tablet with their first order.", False),
+    ("Bananas are a good source of potassium for athletes.", False),
+    ("The Supreme Court decides most contract disputes within a week.", False),
+    ("You should restart your router twice a day to improve your credit score.", False),
+    ("International roaming is free in all countries on every plan.", False),
+    ("Our stores are open every Sunday until midnight.", False),
+]
+
+
+@pytest.mark.parametrize(("sentence", "supported"), LABELLED)
+def test_groundedness_threshold_separates_labelled_sentences(sentence: str, supported: bool) -> None:
+    assert groundedness(sentence, CONTEXT, embeddings().embed_documents) == (1.0 if supported else 0.0)
+
+
+def test_groundedness_is_a_share_of_sentences() -> None:
+    answer = f"{LABELLED[0][0]} {LABELLED[6][0]} Happy to help!"  # one supported, one not, one too short to judge
+    assert groundedness(answer, CONTEXT, embeddings().embed_documents) == 0.5
+    assert groundedness(answer, [], embeddings().embed_documents) is None
+    assert groundedness("Hi!", CONTEXT, embeddings().embed_documents) is None
+
+
+def test_score_answer_combines_the_checks() -> None:
+    support = load_content().personas["support"]
+    item = EvalItem(id="s-1", domain="support", question="How much is Acme Unlimited?", forbidden=["$50"],
+                    expected_terms=[["$45"], ["autopay"]], reference="Acme Unlimited is $45/month.")  # fmt: skip
+    good = "Thanks for asking! Acme Unlimited is $45/month. You can add autopay in the app.\n" + support.style.sign_off
+    scores = score_answer(good, question=item.question, item=item, persona=support, check_voice=True)
+    assert scores.terminology == 1.0 and not scores.hallucination and scores.voice["sign_off"]
+    assert "Acme Unlimited" in [hit.term for hit in scores.glossary if not hit.misuse]
+    bad = score_answer("Acme Unlimited is $50, or try Unlimited Plus.", item=item, persona=support)
+    assert bad.forbidden == ["$50"] and bad.unsupported == ["$50", "Unlimited Plus"] and bad.hallucination
+    assert [hit.form for hit in bad.glossary if hit.misuse] == ["Unlimited Plus"] and bad.voice == {}
+    assert score_answer("It is $99.").unsupported == [], "no evidence at all: claims are not judged"
+
+
+def test_highlight_marks_whole_tokens_and_keeps_all_text() -> None:
+    text = "An MI blocks a coronary artery; it costs $60, not $600."
+    pieces = highlight(text, [("$60", UNSUPPORTED), ("coronary artery", TERM), ("artery", TERM), ("MI", TERM)])
+    assert "".join(piece for piece, _ in pieces) == text
+    assert [(piece, label) for piece, label in pieces if label] == [
+        ("MI", TERM), ("coronary artery", TERM), ("$60", UNSUPPORTED),
+    ]  # fmt: skip

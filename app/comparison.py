@@ -1,0 +1,94 @@
+"""A finished comparison as data: one record per panel (setup, answer, metrics, scores) and its Markdown export.
+
+The Compare tab keeps the last comparison as `comparison_record(...)` (plain JSON) and offers it for download as
+JSON or as Markdown (`to_markdown`), so a comparison can be pasted into a report or diffed later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from app.playground import PanelAnswer
+from app.scoring import AnswerScores
+
+
+def panel_record(
+    setup: Mapping[str, Any], answer: PanelAnswer, scores: AnswerScores | None, prices: tuple[float, float]
+) -> dict[str, Any]:
+    """One panel: its setup as the user set it, the answer (or error), speed, tokens, cost and scores."""
+    return {
+        "setup": dict(setup),
+        "answer": answer.text,
+        "error": answer.error,
+        "metrics": {
+            "first_token_s": answer.first_token_s,
+            "elapsed_s": answer.elapsed_s,
+            "tokens_per_s": answer.tokens_per_s,
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+            "usd_per_1k_answers": answer.cost_per_1k_answers(*prices),
+        },
+        "scores": None
+        if scores is None
+        else {
+            "terminology_accuracy": scores.terminology,
+            "glossary_terms": sorted({hit.term for hit in scores.glossary if not hit.misuse}),
+            "misuses": sorted({hit.form for hit in scores.glossary if hit.misuse}),
+            "false_claims": scores.forbidden,
+            "unsupported_claims": scores.unsupported,
+            "groundedness": scores.groundedness,
+            "voice": scores.voice,
+        },
+        "citations": [
+            {"title": c.title, "source": c.source, "path": c.path, "score": round(c.score, 4)} for c in answer.citations
+        ],
+    }
+
+
+def comparison_record(question: str, panels: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The whole comparison: when, the question, and each panel's record (left to right)."""
+    return {"created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "question": question,
+            "panels": list(panels)}  # fmt: skip
+
+
+def _number(value: float | None, pattern: str) -> str:
+    return "–" if value is None else pattern.format(value)
+
+
+def to_markdown(record: Mapping[str, Any]) -> str:
+    """A readable report of a comparison record: the question, a metrics table, then each answer in full."""
+    panels = record["panels"]
+    lines = [
+        "# Adapter Arena comparison",
+        "",
+        f"*{record['created_at']}* — demo model output, not professional advice.",
+        "",
+        f"**Question:** {record['question']}",
+        "",
+        "| panel | setup | first token | tokens/s | tokens in/out | $ per 1k answers | terminology | unsupported |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for number, panel in enumerate(panels, 1):
+        metrics, scores = panel["metrics"], panel["scores"] or {}
+        lines.append(
+            f"| {number} | {panel['setup'].get('label', '')} | {_number(metrics['first_token_s'], '{:.2f} s')} "
+            f"| {_number(metrics['tokens_per_s'], '{:.0f}')} "
+            f"| {metrics['prompt_tokens'] or '–'} / {metrics['completion_tokens'] or '–'} "
+            f"| {_number(metrics['usd_per_1k_answers'], '${:.3f}')} "
+            f"| {_number(scores.get('terminology_accuracy'), '{:.0%}')} "
+            f"| {', '.join(scores.get('unsupported_claims') or []) or '–'} |"
+        )
+    for number, panel in enumerate(panels, 1):
+        setup = panel["setup"]
+        lines += ["", f"## Panel {number}: {setup.get('label', '')}", ""]
+        if setup.get("system_prompt"):
+            lines += ["System prompt:", "", *(f"> {line}" for line in setup["system_prompt"].splitlines()), ""]
+        lines.append(panel["answer"] or "*(no answer)*")
+        if panel["error"]:
+            lines += ["", f"**Error:** {panel['error']}"]
+        if panel["citations"]:
+            lines += ["", "Sources:", *(f"- {c['title']} ({c['path']}, score {c['score']:.2f})" for c in
+                                        panel["citations"])]  # fmt: skip
+    return "\n".join(lines) + "\n"
