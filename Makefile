@@ -79,3 +79,11 @@ clean:
 .PHONY: train-all
 train-all: model
 	for name in legal medical finance support; do $(PY) -m app.train $$name || exit 1; done
+
+# The full evaluation (docs/eval.md): every eval set through the configuration matrix with its own vLLM server
+# (~30 min on 2 CPU cores), results in .data/eval/ (resumable), then docs/results.md and its charts in docs/results/,
+# and the adapter-vs-base tables in the adapters' model cards and docs/adapters.md.
+.PHONY: eval
+eval: model
+	$(PY) -m app.eval --questions evals/*.jsonl --out .data/eval --results-md docs/results.md \
+		--model-cards adapters --adapters-md docs/adapters.md $(EVAL_ARGS)

@@ -30,17 +30,7 @@ def panel_record(
             "completion_tokens": answer.completion_tokens,
             "usd_per_1k_answers": answer.cost_per_1k_answers(*prices),
         },
-        "scores": None
-        if scores is None
-        else {
-            "terminology_accuracy": scores.terminology,
-            "glossary_terms": sorted({hit.term for hit in scores.glossary if not hit.misuse}),
-            "misuses": sorted({hit.form for hit in scores.glossary if hit.misuse}),
-            "false_claims": scores.forbidden,
-            "unsupported_claims": scores.unsupported,
-            "groundedness": scores.groundedness,
-            "voice": scores.voice,
-        },
+        "scores": None if scores is None else scores.as_record(),
         "citations": [
             {"title": c.title, "source": c.source, "path": c.path, "score": round(c.score, 4)} for c in answer.citations
         ],
@@ -77,8 +67,8 @@ def to_markdown(record: Mapping[str, Any]) -> str:
             f"| {_number(metrics['tokens_per_s'], '{:.0f}')} "
             f"| {metrics['prompt_tokens'] or '–'} / {metrics['completion_tokens'] or '–'} "
             f"| {_number(metrics['usd_per_1k_answers'], '${:.3f}')} "
-            f"| {_number(scores.get('terminology_accuracy'), '{:.0%}')} "
-            f"| {', '.join(scores.get('unsupported_claims') or []) or '–'} |"
+            f"| {_number(scores.get('terminology'), '{:.0%}')} "
+            f"| {', '.join(scores.get('unsupported') or []) or '–'} |"
         )
     for number, panel in enumerate(panels, 1):
         setup = panel["setup"]

@@ -233,6 +233,18 @@ def _subfolders(folder: Path) -> Iterable[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
+def load_personas(folder: Path) -> tuple[dict[str, Persona], list[Problem]]:
+    """The valid personas of a folder by name, and the problems of the files left out."""
+    personas: dict[str, Persona] = {}
+    problems: list[Problem] = []
+    for path in sorted(folder.glob("*.yaml")):
+        persona, found = load_persona(path)
+        problems += found
+        if persona:
+            personas[persona.name] = persona
+    return personas, problems
+
+
 def load_content(
     personas_dir: Path = Path("personas"),
     kb_dir: Path = Path("kb"),
@@ -240,11 +252,7 @@ def load_content(
     evals_dir: Path = Path("evals"),
 ) -> Content:
     content = Content()
-    for path in sorted(personas_dir.glob("*.yaml")):
-        persona, problems = load_persona(path)
-        content.problems += problems
-        if persona:
-            content.personas[persona.name] = persona
+    content.personas, content.problems = load_personas(personas_dir)
     for folder in _subfolders(kb_dir):
         content.kb[folder.name], problems = load_kb_domain(folder)
         content.problems += problems

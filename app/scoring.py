@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import textstat
@@ -271,6 +272,20 @@ class AnswerScores:
     @property
     def style_score(self) -> float | None:
         return style_score(self.voice)
+
+    def as_record(self) -> dict[str, Any]:
+        """The scores as plain JSON (eval results, comparison exports)."""
+        return {
+            "terminology": self.terminology,
+            "forbidden": self.forbidden,
+            "unsupported": self.unsupported,
+            "hallucination": self.hallucination,
+            "groundedness": self.groundedness,
+            "voice": self.voice,
+            "style_score": self.style_score,
+            "glossary_terms": sorted({hit.term for hit in self.glossary if not hit.misuse}),
+            "misuses": sorted({hit.form for hit in self.glossary if hit.misuse}),
+        }
 
     def marks(self) -> list[tuple[str, str]]:
         """(text as found in the answer, label) for highlighting: false claims and misuses first, terms last."""

@@ -1,0 +1,395 @@
+"""Batch evaluation (app.eval), its report (app.report) and the Eval tab: pure parts on hand-made data, then the CLI
+and the tab end to end against the real vLLM server (which serves the base model only, so adapter rows are skipped).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pytest
+from gradio_client import Client
+
+from app import report
+from app.config import Settings
+from app.configuration import Configuration
+from app.eval import (
+    AnswerCache,
+    EvalError,
+    EvalRun,
+    cache_key,
+    decide_verdict,
+    load_questions,
+    main,
+    parse_specs,
+    summarize,
+    write_outputs,
+)
+from app.playground import PanelAnswer
+from app.rag import Citation
+from app.serving import ServingClient, VLLMServer
+from app.ui import build_app
+from tests.conftest import REPO, free_port
+
+RATES = ("terminology_accuracy", "hallucination_rate", "groundedness", "style_score")
+ROW_KEYS = {"domain", "model", "persona", "rag", *RATES, "latency_s", "n"}
+EVIL = "<script>alert(1)</script>"
+
+
+# --- the verdict ------------------------------------------------------------------------------------------------------
+
+
+def row(spec: str, terminology: float, hallucination: float, *, style: float | None = None, tokens_in: float = 200,
+        domain: str = "legal") -> dict[str, Any]:  # fmt: skip
+    """A summary row whose quality is the mean of `terminology`, 1 - `hallucination` (and `style`)."""
+    config = Configuration.for_domain(spec, domain)
+    return {
+        "domain": domain, "model": config.adapter or "base", "persona": bool(config.persona), "rag": bool(config.rag),
+        "spec": spec, "terminology_accuracy": terminology, "hallucination_rate": hallucination,
+        "groundedness": 0.5 if config.rag else None, "style_score": style, "latency_s": 2.0, "n": 10,
+        "tokens_in": tokens_in + 600 * bool(config.rag),
+    }  # fmt: skip
+
+
+PROMPT_ROW = row("base+persona", 0.5, 0.5)  # quality 0.5
+
+
+@pytest.mark.parametrize(
+    ("rows", "volatile", "expected"),
+    [
+        pytest.param([row("adapter+persona", 0.54, 0.5), row("base+persona+rag", 0.58, 0.5)], False, "prompt",
+                     id="gains 0.02 and 0.04 stay under the 0.05 margin"),
+        pytest.param([row("adapter+persona", 0.62, 0.5), row("base+persona+rag", 0.58, 0.5)], False, "fine-tune",
+                     id="adapter gains 0.06, RAG 0.04"),
+        pytest.param([row("adapter+persona", 0.5, 0.5), row("base+persona+rag", 0.7, 0.3)], False, "RAG",
+                     id="only RAG gains"),
+        pytest.param([row("adapter+persona", 0.8, 0.3), row("base+persona+rag", 0.7, 0.3)], True, "RAG",
+                     id="both gain, fast-changing facts"),
+        pytest.param([row("adapter+persona", 0.8, 0.3), row("base+persona+rag", 0.7, 0.3)], False, "fine-tune",
+                     id="both gain, adapter ahead on terminology by more than the margin"),
+        pytest.param([row("adapter+persona", 0.8, 0.3), row("base+persona+rag", 0.77, 0.32)], False, "RAG",
+                     id="both gain, RAG within the margin on every metric"),
+        pytest.param([row("adapter+persona", 0.9, 0.6), row("base+persona+rag", 0.7, 0.1)], False, "RAG",
+                     id="both gain, RAG better overall by the margin"),
+        pytest.param([row("adapter+persona", 0.6, 0.4), row("base+persona+rag", 0.6, 0.4),
+                      row("adapter+persona+rag", 0.8, 0.2)], False, "combine", id="adapter + RAG beats both alone"),
+        pytest.param([row("adapter+persona", 0.6, 0.4), row("base+persona+rag", 0.6, 0.4),
+                      row("adapter+persona+rag", 0.63, 0.37)], False, "RAG",
+                     id="adapter + RAG ahead by less than the margin: no combine; RAG as good as the adapter"),
+    ],
+)  # fmt: skip
+def test_verdict_rules(rows: list[dict[str, Any]], volatile: bool, expected: str) -> None:
+    decision = decide_verdict([PROMPT_ROW, row("base", 0.1, 0.9), *rows], volatile=volatile)
+    assert decision["verdict"] == expected, decision["reason"]
+    assert decision["reason"].endswith(".") and decision["margin"] == 0.05 and decision["volatile"] is volatile
+    assert decision["numbers"]["base+persona"]["quality"] == 0.5
+    assert set(decision["gains"]) == {r["spec"] for r in rows}
+
+
+def test_verdict_margin_and_cost() -> None:
+    rows = [PROMPT_ROW, row("adapter+persona", 0.8, 0.3), row("base+persona+rag", 0.7, 0.3)]
+    decision = decide_verdict(rows)
+    assert decision["gains"] == {"adapter+persona": 0.25, "base+persona+rag": 0.2}
+    assert "600 fewer prompt tokens" in decision["reason"], "fine-tuning is favoured by the context it saves"
+    assert decide_verdict(rows, margin=0.3)["verdict"] == "prompt", "a wider margin makes the same gains noise"
+    voice = [row("base+persona", 0.5, 0.5, style=0.4), row("adapter+persona", 0.5, 0.5, style=0.9),
+             row("base+persona+rag", 0.5, 0.5, style=0.4)]  # fmt: skip
+    assert decide_verdict(voice)["verdict"] == "fine-tune", "brand voice alone can justify an adapter"
+
+
+def test_verdict_needs_the_baseline() -> None:
+    decision = decide_verdict([row("adapter+persona", 0.9, 0.0), {**PROMPT_ROW, "n": 0}])
+    assert decision["verdict"] is None and "base+persona" in decision["reason"]
+
+
+# --- summary schema ---------------------------------------------------------------------------------------------------
+
+
+def assert_summary_schema(summary: Mapping[str, Any]) -> None:
+    assert set(summary) == {"rows", "verdict"}
+    for r in summary["rows"]:
+        assert set(r) >= ROW_KEYS, ROW_KEYS - set(r)
+        assert r["model"] == "base" or r["model"] == r["domain"]
+        assert isinstance(r["persona"], bool) and isinstance(r["rag"], bool)
+        assert isinstance(r["n"], int) and r["n"] >= 0
+        for key in RATES:
+            assert r[key] is None or (isinstance(r[key], float) and 0.0 <= r[key] <= 1.0), (key, r[key])
+        assert (r["style_score"] is None) == (r["domain"] != "support" or r["n"] == 0)
+        if not r["rag"]:
+            assert r["groundedness"] is None
+        assert r["latency_s"] is None or r["latency_s"] >= 0
+    assert set(summary["verdict"]) == {r["domain"] for r in summary["rows"]}
+    for decision in summary["verdict"].values():
+        assert decision["verdict"] in ("fine-tune", "RAG", "prompt", "combine", None)
+        assert isinstance(decision["reason"], str) and decision["reason"]
+
+
+def record(domain: str, spec: str, number: int, *, error: str | None = None, answer: str = "An answer.",
+           terminology: float = 0.5, hallucination: bool = False) -> dict[str, Any]:  # fmt: skip
+    """A results.jsonl line as app.eval writes it."""
+    config = Configuration.for_domain(spec, domain, temperature=0.0)
+    scores = {
+        "terminology": terminology, "forbidden": [], "unsupported": ["$60"] if hallucination else [],
+        "hallucination": hallucination, "groundedness": 0.75 if config.rag else None,
+        "voice": {"length": True, "sign_off": False} if domain == "support" else {},
+        "style_score": 0.5 if domain == "support" else None, "glossary_terms": [], "misuses": [],
+    }  # fmt: skip
+    return {
+        "id": f"{domain}-{number}", "domain": domain, "config": config.model_dump(mode="json"), "spec": spec,
+        "label": config.label, "question": f"Question {number} {EVIL}?", "answer": answer, "error": error,
+        "scores": None if error else scores, "sources": [], "latency_s": 1.5, "first_token_s": 0.2,
+        "tokens_in": None if error else 100, "tokens_out": None if error else 50, "cached": False,
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def results() -> list[dict[str, Any]]:
+    specs = ("base", "base+persona", "base+persona+rag", "adapter+persona")
+    made = [record(d, s, n, hallucination=n == 1) for d in ("legal", "support") for s in specs for n in (1, 2)]
+    made.append(record("legal", "base", 3, error="model 'base': the model server timed out", terminology=0.0))
+    made[0]["answer"] = f"Ignore this {EVIL} and <img src=x onerror=alert(1)> [link](http://evil.example)"
+    return made
+
+
+def test_summary_rates_over_answered_items(results: list[dict[str, Any]]) -> None:
+    summary = summarize(results)
+    assert_summary_schema(summary)
+    legal_base = next(r for r in summary["rows"] if r["domain"] == "legal" and r["spec"] == "base")
+    assert legal_base["n"] == 2 and legal_base["errors"] == 1, "the error is counted apart, not as a 0"
+    assert legal_base["terminology_accuracy"] == 0.5 and legal_base["hallucination_rate"] == 0.5
+    assert legal_base["model"] == "base" and not legal_base["persona"] and not legal_base["rag"]
+    assert [r["spec"] for r in summary["rows"][:4]] == ["base", "base+persona", "base+persona+rag", "adapter+persona"]
+    assert summary["verdict"]["support"]["volatile"] and not summary["verdict"]["legal"]["volatile"]
+    json.dumps(summary)  # plain JSON
+
+
+# --- the report -------------------------------------------------------------------------------------------------------
+
+
+class Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attrs: list[tuple[str, str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs += attrs
+
+
+def test_report_renders_charts_and_escapes(results: list[dict[str, Any]]) -> None:
+    summary = summarize(results)
+    charts = report.render_charts(summary)
+    assert set(charts) == {"chart-legal.png", "chart-support.png", "chart-latency.png"}
+    assert all(png.startswith(b"\x89PNG") for png in charts.values())
+    meta = {"command": "python -m app.eval --out `x`", "hardware": EVIL, "answers": 17, "max_tokens": 64,
+            "concurrency": 8, "wall_s": 12.5}  # fmt: skip
+    page = report.render_html(summary, results, meta, charts)
+    parser = Tags()
+    parser.feed(page)
+    parser.close()
+    assert parser.tags.count("img") == 3 and "script" not in parser.tags
+    assert "onerror" not in {name for name, _ in parser.attrs}
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x onerror" in page
+    for decision in summary["verdict"].values():
+        assert html.escape(decision["reason"]) in page
+    markdown = report.render_markdown(summary, results, meta, charts, chart_prefix="results/")
+    assert "<script>" not in markdown and "<img" not in markdown and "](http://evil" not in markdown
+    assert "![legal: metrics per configuration](results/chart-legal.png)" in markdown
+    assert "- **Command**: `` python -m app.eval --out `x` ``" in markdown, "shown verbatim, backticks and all"
+    assert "| base | 2 | 1 | 0.50 | 0.50 | – | – | 1.50 | 100 | 50 |" in markdown
+
+
+def test_model_cards_get_the_adapter_table(results: list[dict[str, Any]], tmp_path: Path) -> None:
+    run = EvalRun(results, summarize(results))
+    cards = tmp_path / "adapters"
+    for domain in ("legal", "support", "medical"):
+        (cards / domain).mkdir(parents=True)
+        (cards / domain / "README.md").write_text(f"# {domain} adapter\n\n## Data\n461 examples.\n")
+    overview = tmp_path / "adapters.md"
+    overview.write_text("# Training the LoRA adapters\n")
+    meta = {"date": "2026-11-28T10:00:00+00:00", "max_tokens": 64}
+    for _ in range(2):  # a second run replaces the section instead of adding another
+        written = write_outputs(tmp_path / "out", run, meta, model_cards=cards, adapters_md=overview)
+    assert {cards / "legal/README.md", cards / "support/README.md", overview} <= set(written)
+    legal = (cards / "legal" / "README.md").read_text()
+    assert legal.startswith("# legal adapter\n\n## Data\n461 examples.\n"), "the rest of the card is kept"
+    assert legal.count(report.CARD_START) == 1 and legal.count("## Evaluation: adapter vs base model") == 1
+    assert "| base+persona | 0.50 | 0.50 | 1.50 | 2 |" in legal and "| adapter+persona |" in legal
+    assert "brand-voice" not in legal and "brand-voice style" in (cards / "support" / "README.md").read_text()
+    assert "Evaluation" not in (cards / "medical" / "README.md").read_text(), "medical was not measured"
+    both = overview.read_text()
+    assert "### legal" in both and "### support" in both and both.count(report.CARD_END) == 1
+
+
+# --- inputs and the cache ---------------------------------------------------------------------------------------------
+
+
+def test_cache_key_is_stable() -> None:
+    config = Configuration.for_domain("base+persona+rag", "support", temperature=0.0, max_tokens=64)
+    key = cache_key(config, "How much is Acme Unlimited?", 64, "/models/SmolLM2")
+    # Pinned: a change here silently throws away every cached answer of earlier runs.
+    assert key == "b3fce46e9cd29e7256292cbef9ab146b04f4e343d3e861d53ab9b12ef977bafc"
+    same = Configuration.model_validate(json.loads(json.dumps(config.model_dump(mode="json"))))
+    assert cache_key(same, "How much is Acme Unlimited?", 64, "/models/SmolLM2") == key, "survives a JSON round trip"
+    others = {
+        cache_key(config, "How much is Acme Basic?", 64, "/models/SmolLM2"),
+        cache_key(config, "How much is Acme Unlimited?", 128, "/models/SmolLM2"),
+        cache_key(config, "How much is Acme Unlimited?", 64, "/models/other"),
+        cache_key(config.model_copy(update={"rag": None}), "How much is Acme Unlimited?", 64, "/models/SmolLM2"),
+    }
+    assert key not in others and len(others) == 4
+
+
+def test_answer_cache_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "cache.jsonl"
+    cited = Citation(title="Plans", source="Guide", path="support/plans.md", heading="Prices", score=0.8, text="$45")
+    good = PanelAnswer(text="It is $45.", citations=[cited], done=True, first_token_s=0.1, elapsed_s=1.0,
+                       prompt_tokens=90, completion_tokens=5)  # fmt: skip
+    cache = AnswerCache(path)
+    cache.put("a", good)
+    cache.put("b", PanelAnswer(error="server down", done=True))
+    with path.open("a") as file:
+        file.write('{"key": "c", "answer": {"text": \n')  # a run killed mid-write
+    again = AnswerCache(path)
+    assert again.get("a") == good and again.get("b") is None and again.get("c") is None and len(again) == 1
+
+
+def test_bad_inputs_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_specs(" base , adapter+rag+persona,base") == ["base", "adapter+persona+rag"]
+    with pytest.raises(ValueError, match="expected base or adapter"):
+        parse_specs("base,lora+rag")
+    with pytest.raises(EvalError, match="not found"):
+        load_questions([tmp_path / "missing.jsonl"])
+    broken = tmp_path / "broken.jsonl"
+    good = (REPO / "evals" / "legal.jsonl").read_text().splitlines()[0]
+    broken.write_text(f"{good}\n{{not json\n")
+    with pytest.raises(EvalError, match=r"broken.jsonl: line 2: not valid JSON"):
+        load_questions([broken])
+    assert main(["--questions", str(broken), "--out", str(tmp_path / "out")]) == 2
+    assert "line 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--questions", str(broken), "--out", str(tmp_path), "--configs", "lora"])
+    assert "expected base or adapter" in capsys.readouterr().err
+    config = tmp_path / "config.yaml"
+    config.write_text(f"paths:\n  data: {tmp_path / 'data'}\n  kb: {tmp_path / 'no-kb'}\n")
+    broken.write_text(good + "\n")
+    nobody = f"http://127.0.0.1:{free_port()}/v1"
+    assert (
+        main(["--questions", str(broken), "--out", str(tmp_path), "--vllm-url", nobody, "--config", str(config)]) == 1
+    )
+    assert "the model server is not reachable" in capsys.readouterr().err
+
+
+# --- end to end against the real server -------------------------------------------------------------------------------
+
+
+def assert_answered_support_lines(lines: list[dict[str, Any]]) -> None:
+    """results.jsonl lines of answered support questions: answer, costs, every score that applies."""
+    for r in lines:
+        assert r["error"] is None and r["answer"].strip() and r["config"]["temperature"] == 0.0
+        assert r["tokens_in"] > 0 and 0 < r["tokens_out"] <= 48 and r["latency_s"] > 0
+        assert set(r["scores"]) >= {"terminology", "forbidden", "unsupported", "hallucination", "groundedness",
+                                    "voice", "style_score"}  # fmt: skip
+        if r["config"]["rag"] is None:
+            assert r["scores"]["groundedness"] is None
+        assert bool(r["sources"]) == (r["config"]["rag"] == "support")
+        assert r["scores"]["voice"] and 0 <= r["scores"]["style_score"] <= 1, "support answers get brand-voice checks"
+
+
+def test_cli_end_to_end_and_resume(
+    vllm_server: VLLMServer, server_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    questions = tmp_path / "support.jsonl"
+    questions.write_text("\n".join((REPO / "evals" / "support.jsonl").read_text().splitlines()[:2]) + "\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"paths:\n  data: {server_settings.paths.data}\n")  # the session's RAG indexes
+    out = tmp_path / "out"
+    args = ["--questions", str(questions), "--out", str(out), "--vllm-url", vllm_server.base_url,
+            "--config", str(config), "--max-tokens", "48", "--concurrency", "4"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "app.eval", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "support: skipping adapter+persona: the server has no adapter 'support'" in done.stderr
+
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 8, "2 questions x base, base+rag, base+persona, base+persona+rag"
+    assert {(r["id"], r["spec"]) for r in lines} == {
+        (f"support-00{n}", s) for n in (1, 2) for s in ("base", "base+rag", "base+persona", "base+persona+rag")
+    }
+    assert_answered_support_lines(lines)
+    rag_tokens = {r["spec"]: r["tokens_in"] for r in lines if r["id"] == "support-001"}
+    assert rag_tokens["base+rag"] > rag_tokens["base"] + 200, "RAG puts the retrieved passages into the prompt"
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert_summary_schema(summary)
+    assert [r["spec"] for r in summary["rows"]] == ["base", "base+rag", "base+persona", "base+persona+rag"]
+    assert all(r["n"] == 2 and r["domain"] == "support" for r in summary["rows"])
+    assert summary["verdict"]["support"]["verdict"] in ("RAG", "prompt"), "no adapter: never fine-tune or combine"
+    page = (out / "report.html").read_text()
+    parser = Tags()
+    parser.feed(page)
+    assert parser.tags.count("img") == 2 and "script" not in parser.tags
+    assert "chart-support.png" in (out / "report.md").read_text()
+    assert (out / "chart-support.png").is_file() and (out / "chart-latency.png").is_file()
+    cached_lines = (out / "cache.jsonl").read_text()
+    assert len(cached_lines.splitlines()) == 8
+
+    # Again, in this process, with the model server's streaming replaced by a failure: all answers from the cache.
+    async def no_requests(*_: object, **__: object) -> AsyncIterator[None]:
+        raise AssertionError("a cached answer was asked for again")
+        yield
+
+    monkeypatch.setattr(ServingClient, "stream_chat", no_requests)
+    started = time.monotonic()
+    results_md = tmp_path / "docs" / "results.md"
+    assert main([*args, "--results-md", str(results_md)]) == 0
+    assert (out / "cache.jsonl").read_text() == cached_lines, "nothing new to cache"
+    run = json.loads((out / "run.json").read_text())
+    assert run["cached"] == 8 and run["errors"] == 0 and run["answers"] == 8
+    again = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["answer"] for r in again] == [r["answer"] for r in lines] and all(r["cached"] for r in again)
+    assert time.monotonic() - started < 120
+    published = results_md.read_text()
+    assert published.startswith("# Eval results\n\nWritten by `make eval`")
+    assert "- **Command**: `python -m app.eval --questions" in published and "- **Hardware**: " in published
+    assert "](results/chart-support.png)" in published and (tmp_path / "docs/results/chart-support.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def eval_ui(vllm_server: VLLMServer, server_settings: Settings) -> Iterator[Client]:
+    demo: gr.Blocks = build_app(server_settings, ServingClient(vllm_server.base_url))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()
+
+
+def test_eval_tab_runs_one_question(eval_ui: Client) -> None:
+    job = eval_ui.submit(
+        ["support"], ["base+persona", "base+persona+rag"], 1, 32, "terminology_accuracy", api_name="/eval_run"
+    )
+    progress = set()
+    while not job.done():
+        progress |= {(unit.desc, unit.unit, unit.length) for unit in job.status().progress_data or []}
+        time.sleep(0.05)
+    table, verdicts, chart = job.result()
+    assert ("answers", "answer", 2) in progress, f"the tqdm bar shows as Gradio progress: {progress}"
+    assert table["headers"][:2] == ["domain", "configuration"]
+    assert [row[:3] for row in table["data"]] == [
+        ["support", "base+persona", "1"],
+        ["support", "base+persona+rag", "1"],
+    ]
+    assert verdicts.startswith("- **support: ")
+    assert chart["mark"] == "bar" and [bar[2] for bar in chart["data"]] == ["base+persona", "base+persona+rag"]
+    assert all(0 <= bar[3] <= 1 for bar in chart["data"]), "terminology accuracy per configuration"
