@@ -81,9 +81,14 @@ def main(argv: list[str] | None = None) -> int:
             except ServingError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
+        from app.store import StoreError
         from app.ui import build_app  # gradio is slow to import: only once the server is on its way
 
-        demo = build_app(settings, ServingClient.from_settings(settings), rag)
+        try:
+            demo = build_app(settings, ServingClient.from_settings(settings), rag)
+        except StoreError as exc:  # e.g. arena.database_url names a database that cannot be reached
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"Adapter Arena on http://{settings.ui.host}:{settings.ui.port}", file=sys.stderr)
         demo.launch(server_name=settings.ui.host, server_port=settings.ui.port, show_error=True)
     return 0

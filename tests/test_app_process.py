@@ -68,9 +68,9 @@ def running_app(args: list[str], env: dict[str, str]) -> Iterator[tuple[subproce
 
 def ask(ui_port: int) -> str:
     """Send one question to both panels (base model, no RAG); return the first panel's answer."""
-    panel = ["base", [], 0.0, 16, False, None]
+    panel = ["base", [], "none", "", 0.0, 1.0, 16, None, False, None]  # see tests/test_ui.py: panel()
     chat, *_ = Client(f"http://127.0.0.1:{ui_port}/", verbose=False).predict(
-        "Say hello.", *panel, *panel, api_name="/answer_all"
+        "Say hello.", "support", 2, *panel * 4, api_name="/answer_all"
     )
     return str(chat[-1]["content"])
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app.config import Settings
 from app.serving import ServingClient, VLLMServer
+from app.store import VoteStore
 from app.ui import build_app
 from tests.conftest import REPO, free_port
 
@@ -27,14 +28,18 @@ ARTIFACTS = REPO / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
-def app_url(vllm_server: VLLMServer, server_settings: Settings) -> Iterator[str]:
-    demo: gr.Blocks = build_app(server_settings, ServingClient(vllm_server.base_url))
+def app_url(
+    vllm_server: VLLMServer, server_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    store = VoteStore.in_folder(tmp_path_factory.mktemp("browser-votes"))  # this module's votes only
+    demo: gr.Blocks = build_app(server_settings, ServingClient(vllm_server.base_url), store=store)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+        store.close()
 
 
 @pytest.fixture(scope="module")
@@ -94,4 +99,45 @@ def test_changing_a_panel_model_is_used(browser: Browser, app_url: str) -> None:
     error.wait_for(timeout=120_000)
     page.screenshot(path=ARTIFACTS / "compare-bad-model.png", full_page=True)
     assert page.get_by_text("does not exist").count() >= 1
+    page.close()
+
+
+def test_arena_round_vote_reveal_and_leaderboard(browser: Browser, app_url: str) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url)
+    page.get_by_role("tab", name="Arena").click()
+    page.get_by_label("support", exact=True).check()
+    expect(page.get_by_label("base model + support persona", exact=True)).to_be_checked()  # the support pool
+    page.get_by_label("base model", exact=True).check()
+    page.get_by_label("base model + support persona + RAG(support)").uncheck()
+    page.get_by_text("Sampling (both models)").click()
+    for name, default, value in (("Temperature", "0.7", "0"), ("Max tokens", "256", "32")):
+        number = page.get_by_label(f"number input for {name}")
+        expect(number).to_have_value(default)  # mounted: a value typed earlier could be lost
+        page.get_by_label(f"range slider for {name}").fill(value)
+        expect(number).to_have_value(value)
+    page.get_by_label("Your prompt").fill("How do I check how much data I have used?")
+    page.get_by_role("button", name="New round").click()
+
+    a_better = page.get_by_role("button", name="A is better")
+    expect(a_better).to_be_enabled(timeout=120_000)  # both answers are done
+    labels = ["base model (T=0, 32 tokens)", "base model + support persona (T=0, 32 tokens)"]
+    assert all(page.get_by_text(label).count() == 0 for label in labels), "no identity before the vote"
+    answers = panel_texts(page)  # the Compare tab's panels are empty: these are Model A's and Model B's
+    assert len(answers) == 2 and all(text.strip() and "⚠️" not in text for text in answers), answers
+    a_better.click()
+    expect(page.get_by_text("Vote saved")).to_be_visible(timeout=30_000)
+    expect(a_better).to_be_disabled()
+    revealed = page.get_by_text("Model A was").inner_text() + page.get_by_text("Model B was").inner_text()
+    assert all(label in revealed for label in labels), revealed
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "arena-voted.png", full_page=True)
+
+    page.get_by_role("tab", name="Leaderboard").click()
+    expect(page.get_by_text("1 vote(s)")).to_be_visible(timeout=60_000)
+    for label in labels:
+        row = page.get_by_role("row").filter(has_text=label).first  # the leaderboard comes before the win rates
+        cells = row.inner_text().split("\n")
+        assert cells[1] == label and cells[-1] == "1", f"one vote each: {cells}"
+    page.screenshot(path=ARTIFACTS / "leaderboard.png", full_page=True)
     page.close()

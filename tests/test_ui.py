@@ -1,8 +1,11 @@
-"""The real Gradio app against the real vLLM server, driven through gradio_client."""
+"""The Compare tab of the real Gradio app against the real vLLM server, driven through gradio_client."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -11,12 +14,17 @@ from gradio_client.client import Job
 from gradio_client.exceptions import AppError
 
 from app.config import Settings
+from app.configuration import PRESETS
+from app.content import load_content
 from app.prompts import message_text
 from app.rag import Citation
+from app.scoring import score_answer
 from app.serving import ServingClient, VLLMServer
 from app.ui import build_app
-from app.ui.compare import sources_markdown
-from tests.conftest import free_port
+from app.ui.compare import MAX_PANELS, marked_html, sources_markdown
+from tests.conftest import REPO, free_port
+
+SHIPPED = ("legal", "medical", "finance", "support")
 
 
 @pytest.fixture(scope="module")
@@ -30,26 +38,51 @@ def ui_client(vllm_server: VLLMServer, server_settings: Settings) -> Iterator[Cl
         demo.close()
 
 
+@pytest.fixture
+async def shipped_adapters(vllm_server: VLLMServer) -> AsyncIterator[list[str]]:
+    """The four trained adapters loaded into the running server; afterwards it serves the base model alone again."""
+    client = ServingClient(vllm_server.base_url)
+    for name in SHIPPED:
+        await client.load_adapter(name, str(REPO / "adapters" / name))
+    try:
+        yield list(SHIPPED)
+    finally:
+        for name in SHIPPED:
+            await client.unload_adapter(name)
+        await client.close()
+
+
 def answer_of(history: list[dict]) -> str:
     assert history[-2]["role"] == "user"
     assert history[-1]["role"] == "assistant"
     return message_text(history[-1]["content"])
 
 
-def panel(model: str | None = "base", history: list | None = None, tokens: int = 32, rag: bool = False,
-          kb: str | None = "support") -> list:  # fmt: skip
-    """One panel's inputs to /answer_all: model, chat, temperature, max tokens, RAG on, knowledge base."""
-    return [model, history or [], 0.0, tokens, rag, kb]
+def panel(model: str | None = "base", history: list | None = None, *, tokens: int = 32, rag: bool = False,
+          kb: str | None = "support", persona: str = "none", system: str = "", temperature: float = 0.0,
+          seed: int | None = None) -> list:  # fmt: skip
+    """One panel's inputs to /answer_all: model, chat, persona, system prompt, temperature, top-p, max tokens, seed,
+    RAG on, knowledge base."""
+    return [model, history or [], persona, system, temperature, 1.0, tokens, seed, rag, kb]
 
 
-def ask(client: Client, question: str, first: list, second: list) -> Job:
-    return client.submit(question, *first, *second, api_name="/answer_all")
+def ask(client: Client, question: str, *panels: list, domain: str = "support") -> Job:
+    """Ask with the given panels shown; /answer_all returns 4 chats, 4 stats lines and 4 term checks."""
+    unused = panel() * (MAX_PANELS - len(panels))
+    values = [value for inputs in panels for value in inputs]
+    return client.submit(question, domain, len(panels), *values, *unused, api_name="/answer_all")
+
+
+def tokens_in(stats: str) -> int:
+    match = re.search(r"(\d+) tokens in", stats)
+    assert match, stats
+    return int(match.group(1))
 
 
 def test_two_panels_stream_in_parallel(ui_client: Client) -> None:
     question = "What is a tort? Answer in one sentence."
     job = ask(ui_client, question, panel(tokens=48), panel(tokens=48))
-    chat_0, chat_1, stats_0, stats_1 = job.result(timeout=180)
+    chat_0, chat_1, _, _, stats_0, stats_1, *_ = job.result(timeout=180)
     streamed = [update for update in job.outputs() if answer_of(update[0]) and answer_of(update[1])]
     assert len(job.outputs()) > 6, "the answers must stream as many updates, not arrive once"
     assert any(
@@ -57,7 +90,84 @@ def test_two_panels_stream_in_parallel(ui_client: Client) -> None:
     ), "both panels must be mid-answer at the same moment (in parallel, not one after the other)"
     assert answer_of(chat_0).strip() and message_text(chat_0[-2]["content"]) == question
     assert answer_of(chat_0) == answer_of(chat_1), "same model, temperature 0: same answer in both panels"
-    assert "first token" in stats_0 and "tokens/s" in stats_1
+    assert "first token" in stats_0 and "tokens/s" in stats_1 and "per 1k answers" in stats_0
+
+
+async def test_four_adapters_stream_at_once_and_a_missing_one_fails_alone(
+    ui_client: Client, shipped_adapters: list[str]
+) -> None:
+    question = "What should I do first?"
+    job = ask(ui_client, question, *(panel(name, tokens=48) for name in shipped_adapters))
+    chats = job.result(timeout=300)[:MAX_PANELS]
+    assert all(answer_of(chat).strip() and "⚠️" not in answer_of(chat) for chat in chats)
+    assert len({answer_of(chat) for chat in chats}) >= 3, "four different adapters must answer differently"
+    assert any(
+        all(answer_of(update[i]) and answer_of(update[i]) != answer_of(chats[i]) for i in range(MAX_PANELS))
+        for update in job.outputs()
+    ), "all four panels must be mid-answer at the same moment"
+
+    chats = ask(ui_client, question, panel("legal"), panel("gone"), panel("support")).result(timeout=300)
+    assert "⚠️ model 'gone'" in answer_of(chats[1])
+    assert all(answer_of(chats[i]).strip() and "⚠️" not in answer_of(chats[i]) for i in (0, 2))
+
+
+async def test_preset_sets_up_the_classic_comparison(ui_client: Client, shipped_adapters: list[str]) -> None:
+    status, *values = ui_client.predict("legal", "classic four-way", "", api_name="/apply_preset")
+    models, (count, _examples, question), fields = values[:4], values[4:7], values[7:]
+    assert "4 adapter(s)" in status and count == 4
+    assert [m["value"] for m in models] == ["base", "legal", "base", "legal"]
+    personas, rag_on = fields[0::4], fields[2::4]
+    assert personas == ["legal", "legal", "legal", "none"], personas
+    assert rag_on == [False, False, True, True]
+    content = load_content()
+    assert fields[1] == content.personas["legal"].system_prompt, "the persona's system prompt is filled in"
+    assert question == content.evals["legal"][0].question, "an empty question gets the domain's example"
+    assert list(PRESETS)[-1] == "classic four-way"
+
+
+def test_preset_falls_back_to_base_without_adapters(ui_client: Client) -> None:
+    status, *values = ui_client.predict("medical", next(iter(PRESETS)), "My question", api_name="/apply_preset")
+    assert "base model and 0 adapter(s)" in status
+    assert [m["value"] for m in values[:4]] == ["base"] * 4
+    assert values[4] == 2 and "value" not in values[6], "a question the user typed is kept"
+
+
+def test_persona_seed_and_term_check(ui_client: Client) -> None:
+    content = load_content()
+    question = content.evals["medical"][0].question
+    outputs = ask(
+        ui_client, question,
+        panel(persona="medical", system=content.personas["medical"].system_prompt, tokens=48),
+        panel(tokens=48),
+        panel(temperature=1.0, seed=7, tokens=24),
+        panel(temperature=1.0, seed=7, tokens=24),
+        domain="medical",
+    ).result(timeout=300)  # fmt: skip
+    chats, stats, marks = outputs[:4], outputs[4:8], outputs[8:12]
+    # Without a system prompt SmolLM2's chat template adds a one-line default; the persona's is much longer.
+    assert tokens_in(stats[0]) > tokens_in(stats[1]) + 50, "the persona's system prompt must reach the model"
+    assert answer_of(chats[2]) == answer_of(chats[3]), "the same seed must give the same sampled answer"
+    assert all("Term check: terminology" in mark for mark in marks), "an eval question brings its expected terms"
+
+
+def exported(client: Client, api_name: str) -> str:
+    """The text of the file an export button made (the endpoint returns an update showing the file)."""
+    update = client.predict(api_name=api_name)
+    assert update["visible"] is True
+    return Path(update["value"]).read_text(encoding="utf-8")
+
+
+def test_export_the_last_comparison(ui_client: Client) -> None:
+    chat, *_ = ask(ui_client, "Name one primary colour.", panel(tokens=16), panel(system="Be brief.", tokens=16)
+                   ).result(timeout=180)  # fmt: skip
+    record = json.loads(exported(ui_client, "/export_json"))
+    assert record["question"] == "Name one primary colour."
+    assert [p["setup"]["label"] for p in record["panels"]] == ["base", "base + custom prompt"]
+    assert record["panels"][1]["setup"]["system_prompt"] == "Be brief."
+    assert record["panels"][0]["answer"] == answer_of(chat)
+    assert record["panels"][0]["metrics"]["completion_tokens"] > 0
+    markdown = exported(ui_client, "/export_markdown")
+    assert "**Question:** Name one primary colour." in markdown and "## Panel 2: base" in markdown
 
 
 def test_failing_panel_does_not_break_the_other(ui_client: Client) -> None:
@@ -76,16 +186,9 @@ def test_model_output_is_escaped(ui_client: Client) -> None:
     assert "<b>" not in answer_of(chat) and "<b>" not in message_text(chat[-2]["content"])
 
 
-def test_refresh_lists_models(ui_client: Client) -> None:
-    status, *dropdowns = ui_client.predict(api_name="/refresh_models")
-    assert "base model and 0 adapter(s)" in status
-    assert [d["value"] for d in dropdowns] == ["base", "base"], dropdowns
-    assert all(d["choices"] == [["base", "base"]] for d in dropdowns)
-
-
 def test_multi_turn_keeps_history(ui_client: Client) -> None:
     first, other, *_ = ask(ui_client, "My name is Ada.", panel(tokens=16), panel(tokens=16)).result(timeout=120)
-    second, _, *_ = ask(ui_client, "What did I just tell you?", panel(history=first), panel()).result(timeout=120)
+    second, *_ = ask(ui_client, "What did I just tell you?", panel(history=first), panel()).result(timeout=120)
     assert [t["role"] for t in second] == ["user", "assistant", "user", "assistant"]
     assert message_text(second[0]["content"]) == "My name is Ada."
     assert len(other) == 2
@@ -114,3 +217,14 @@ def test_sources_are_listed_and_escaped() -> None:
     assert "<script>" not in passages and "&lt;script&gt;" in passages
     assert "![x](" not in passages and "\\!\\[x\\]\\(" in passages, "KB markdown must not load remote images"
     assert sources_markdown([]) == ("", "")
+
+
+def test_term_check_marks_are_escaped_and_labelled() -> None:
+    support = load_content().personas["support"]
+    answer = "Acme Unlimited is $60/month <script>alert(1)</script> on Unlimited Plus."
+    scores = score_answer(answer, persona=support, evidence=["Acme Unlimited is $45/month."])
+    shown = marked_html(answer, scores)
+    assert "<script>" not in shown and "&lt;script&gt;" in shown
+    assert 'title="term">Acme Unlimited</mark>' in shown
+    assert 'title="unsupported">$60</mark>' in shown
+    assert 'title="misuse">Unlimited Plus</mark>' in shown

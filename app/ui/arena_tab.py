@@ -1,0 +1,287 @@
+"""Arena tab: a blind A/B test. Two configurations from the user's pool answer one prompt as "Model A" and "Model B";
+the user votes, and only then are the configurations revealed.
+
+The work is done elsewhere: app.arena draws the pair, app.playground streams both answers in one event (so they
+stream in parallel, and a failing panel never blocks the other), app.store keeps the vote. Each browser session has
+its own random generator and current round in `gr.State`; nothing mutable lives at module level. Which
+configuration answered is kept server-side until the vote; the answers' stats (token counts would give RAG away)
+are shown only with the reveal. Model output is untrusted and shown escaped, as in the Compare tab.
+"""
+
+from __future__ import annotations
+
+import html
+import random
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
+
+import anyio
+import gradio as gr
+from gradio.events import Dependency
+
+from app.arena import ArenaError, draw_pair
+from app.config import Settings
+from app.configuration import DEFAULT_TEMPERATURE, Configuration
+from app.content import Content
+from app.playground import PanelAnswer, answer_panels
+from app.rag import RAGStore
+from app.ratings import Outcome
+from app.serving import ServingClient, ServingError
+from app.store import StoreError, VoteStore
+from app.ui.compare import shown_chat, stats_line
+
+HELP = (
+    "**Blind A/B test.** Pick a domain and tick the configurations that may compete (the *pool*), type a prompt or "
+    "pick an example, and press *New round*: two different configurations drawn at random from the pool answer "
+    "side by side as **Model A** and **Model B**. Read both, then vote. Only after your vote are the configurations "
+    "revealed, so that your vote is about the answers, not the names. Votes feed the *Leaderboard* tab and its "
+    "preference-data export. A panel that failed still takes a vote; it is kept but not rated."
+)
+# Candidate configurations of a domain, as Configuration.for_domain specs, and the pool ticked by default.
+POOL_SPECS = ("base", "base+persona", "base+persona+rag", "adapter+persona", "adapter", "adapter+persona+rag")
+DEFAULT_SPECS = ("base+persona", "adapter+persona", "base+persona+rag")
+EXAMPLES = 5  # example prompts per domain, from evals/<domain>.jsonl
+VOTES: dict[str, Outcome] = {"A is better": "a", "B is better": "b", "Tie": "tie", "Both are bad": "both_bad"}
+
+Updates = dict[gr.components.Component, Any]
+
+
+@dataclass(frozen=True)
+class Round:
+    """One session's current round; `answers` is None while they stream, `vote_id` set once voted."""
+
+    domain: str
+    prompt: str
+    configs: tuple[Configuration, Configuration]
+    answers: tuple[PanelAnswer, PanelAnswer] | None = None
+    vote_id: int | None = None
+
+
+class ArenaEvents(NamedTuple):
+    """What other tabs hook into: the vote events (chain `.success(...)` on them, e.g. to refresh a leaderboard)
+    and the keyword arguments of a listener that re-offers the pool after the server's adapters changed."""
+
+    votes: list[Dependency]
+    refresh_pool: dict[str, Any]
+
+
+def offered_specs(domain: str, adapters: Collection[str], kbs: Collection[str]) -> list[str]:
+    """The pool specs that can run for `domain`: adapter ones only if the server serves the domain's adapter, RAG
+    ones only if the domain has a knowledge base."""
+    return [
+        spec
+        for spec in POOL_SPECS
+        if ("adapter" not in spec or domain in adapters) and ("rag" not in spec or domain in kbs)
+    ]
+
+
+def render(
+    settings: Settings, client: ServingClient, demo: gr.Blocks, rag: RAGStore, *, store: VoteStore, content: Content
+) -> ArenaEvents:
+    """Build the tab inside the current Blocks context and wire its events (see ArenaEvents for what it returns)."""
+    return _ArenaTab(settings, client, rag, store=store, content=content).wire(demo)
+
+
+class _ArenaTab:
+    """The tab's components and handlers, one per app; what belongs to a user lives in its `gr.State` components."""
+
+    def __init__(
+        self, settings: Settings, client: ServingClient, rag: RAGStore, *, store: VoteStore, content: Content
+    ) -> None:
+        self.settings, self.client, self.rag, self.store, self.content = settings, client, rag, store, content
+        self.kbs = rag.names()
+        domains = self.content.domains
+        first = domains[0] if domains else None
+        gr.Markdown(HELP)
+        self.domain = gr.Radio(domains, value=first, label="Domain")
+        start = self.pool_choices(first, set()) if first else []
+        self.pool = gr.CheckboxGroup(
+            start,
+            value=[spec for _, spec in start if spec in DEFAULT_SPECS],
+            label="Pool: the configurations that may answer (two are drawn each round)",
+        )
+        with gr.Row():
+            self.prompt = gr.Textbox(label="Your prompt", placeholder="Ask something in this domain", lines=2, scale=5)
+            with gr.Column(scale=1, min_width=140):
+                self.new_round = gr.Button("New round", variant="primary")
+        self.example = gr.Dropdown(self.examples(first) if first else [], value=None, label="Example prompts")
+        with gr.Accordion("Sampling (both models)", open=False):
+            self.temperature = gr.Slider(0.0, 1.5, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature")
+            tokens = settings.ui.max_tokens
+            self.max_tokens = gr.Slider(16, tokens * 4, value=tokens, step=16, label="Max tokens")
+            gr.Markdown("Sampling other than the defaults becomes part of a configuration's name on the leaderboard.")
+        self.chats: list[gr.Chatbot] = []
+        self.reveals: list[gr.Markdown] = []
+        with gr.Row(equal_height=True):
+            for side in "AB":
+                with gr.Column(min_width=260):
+                    self.chats.append(
+                        gr.Chatbot(
+                            label=f"Model {side}", height=380, sanitize_html=True, allow_tags=False, buttons=["copy"]
+                        )
+                    )
+                    self.reveals.append(gr.Markdown())
+        with gr.Row():
+            self.buttons = [gr.Button(name, interactive=False) for name in VOTES]
+        self.message = gr.Markdown()
+        self.rng = gr.State(None)  # the session's random.Random, made at its first round (seeded by the OS)
+        self.current = gr.State(None)  # the session's Round
+        self.adapters = gr.State([])  # the adapters the server served when the session last asked
+
+    def pool_choices(self, domain: str, adapters: Collection[str]) -> list[tuple[str, str]]:
+        """(label, spec) of each configuration on offer for `domain`."""
+        return [(Configuration.for_domain(s, domain).label, s) for s in offered_specs(domain, adapters, self.kbs)]
+
+    def examples(self, domain: str) -> list[str]:
+        return [item.question for item in self.content.evals.get(domain, [])[:EXAMPLES]]
+
+    def shown(self, prompt: str, answers: list[PanelAnswer]) -> Updates:
+        return {chat: shown_chat([], prompt, answer) for chat, answer in zip(self.chats, answers, strict=True)}
+
+    def vote_buttons(self, enabled: bool) -> Updates:
+        return {button: gr.Button(interactive=enabled) for button in self.buttons}
+
+    async def served_adapters(self) -> list[str]:
+        try:
+            return [m.id for m in await self.client.list_models() if m.is_adapter]
+        except ServingError as exc:
+            gr.Warning(f"Cannot list the server's adapters ({exc}): offering base-model configurations only.")
+            return []
+
+    def show_pool(self, domain: str, adapters: list[str], keep: list[str] | None) -> Updates:
+        """The pool of `domain`: the ticks in `keep` that are still offered, or the default ticks when None."""
+        choices = self.pool_choices(domain, adapters)
+        ticked = [spec for _, spec in choices if spec in (DEFAULT_SPECS if keep is None else keep)]
+        return {self.pool: gr.CheckboxGroup(choices=choices, value=ticked)}
+
+    def on_domain(self, domain: str, adapters: list[str]) -> Updates:
+        """The domain's pool (default ticks) and example prompts. No server call, so that it answers at once and a
+        later domain change is never overtaken by an earlier, slower answer."""
+        return {**self.show_pool(domain, adapters, None), self.example: gr.Dropdown(self.examples(domain), value=None)}
+
+    async def on_load(self) -> Updates:
+        return {self.adapters: await self.served_adapters()}
+
+    async def on_adapters_changed(self, domain: str, keep: list[str]) -> Updates:
+        adapters = await self.served_adapters()
+        return {self.adapters: adapters, **self.show_pool(domain, adapters, keep)}
+
+    async def play(  # noqa: PLR0917 - Gradio passes the inputs positionally
+        self,
+        prompt: str,
+        domain: str,
+        specs: list[str],
+        temperature: float,
+        max_tokens: float,
+        rng: random.Random | None,
+    ) -> AsyncIterator[Updates]:
+        """Draw two configurations from the pool and stream both answers; the vote buttons open when both are done."""
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise gr.Error("Type a prompt first, or pick one of the example prompts.")
+        if not domain:
+            raise gr.Error("Pick a domain first.")
+        sampling = {"temperature": temperature, "max_tokens": int(max_tokens)}
+        rng = rng or random.Random()
+        try:
+            pair = draw_pair([Configuration.for_domain(spec, domain, **sampling) for spec in specs], rng)
+        except ArenaError as exc:
+            raise gr.Error(f"Tick at least two configurations in the pool ({exc}).") from exc
+        try:
+            panels = [config.resolve(self.content.personas, self.settings.model.served_name) for config in pair]
+        except ValueError as exc:  # e.g. a persona file that is missing
+            raise gr.Error(str(exc)) from exc
+        pending = Round(domain, prompt, pair)
+        yield {
+            self.rng: rng,
+            self.current: pending,
+            self.message: "",
+            **self.vote_buttons(False),
+            **dict.fromkeys(self.reveals, ""),
+        }
+        answers: list[PanelAnswer] = []
+        async for answers in answer_panels(self.client, self.rag, panels, [[], []], prompt):
+            yield self.shown(prompt, answers)
+        failed = any(answer.error for answer in answers)
+        yield {
+            **self.shown(prompt, answers),
+            self.current: replace(pending, answers=(answers[0], answers[1])),
+            self.message: "A panel failed: you can still vote (the vote is kept, not rated), or start a new round."
+            if failed
+            else "Both answers are in. Which one is better? Your vote reveals the configurations.",
+            **self.vote_buttons(True),
+        }
+
+    def reveal(self, side: str, config: Configuration, answer: PanelAnswer) -> str:
+        stats = stats_line(answer, (self.settings.ui.price_in_per_mtok, self.settings.ui.price_out_per_mtok))
+        return f"**Model {side}** was **{html.escape(config.label)}**" + (f" — {stats}" if stats else "")
+
+    async def vote(self, choice: str, played: Round | None, request: gr.Request) -> Updates:
+        """Store the vote on the session's round (once), then reveal both configurations."""
+        if played is None:
+            raise gr.Error("Start a round first: type a prompt and press New round.")
+        if played.answers is None:
+            raise gr.Error("Wait until both answers are done, then vote.")
+        if played.vote_id is not None:
+            raise gr.Error("You already voted on this round. Press New round for the next prompt.")
+        if choice not in VOTES:
+            raise gr.Error(f"Unknown vote {choice!r}: expected one of {', '.join(VOTES)}.")
+        (answer_a, answer_b), (config_a, config_b) = played.answers, played.configs
+        try:
+            vote_id = await anyio.to_thread.run_sync(
+                lambda: self.store.add_vote(
+                    session_id=request.session_hash or "",
+                    domain=played.domain,
+                    prompt=played.prompt,
+                    config_a=config_a.model_dump(),
+                    config_b=config_b.model_dump(),
+                    answer_a=answer_a.text,
+                    answer_b=answer_b.text,
+                    outcome=VOTES[choice],
+                    latency_a_s=answer_a.elapsed_s,
+                    latency_b_s=answer_b.elapsed_s,
+                    error_a=answer_a.error,
+                    error_b=answer_b.error,
+                )
+            )
+        except StoreError as exc:
+            raise gr.Error(f"Your vote was not saved: {exc}. Try again.") from exc
+        return {
+            self.current: replace(played, vote_id=vote_id),
+            self.reveals[0]: self.reveal("A", config_a, answer_a),
+            self.reveals[1]: self.reveal("B", config_b, answer_b),
+            self.message: f"Vote saved: *{choice}*. Press **New round** for the next prompt.",
+            **self.vote_buttons(False),
+        }
+
+    def wire(self, demo: gr.Blocks) -> ArenaEvents:
+        domain_event = {
+            "fn": self.on_domain,
+            "inputs": [self.domain, self.adapters],
+            "outputs": [self.pool, self.example],
+        }
+        self.domain.change(**domain_event, api_name="arena_domain")
+        demo.load(self.on_load, outputs=self.adapters, api_name=False).then(**domain_event, api_name=False)
+        self.example.change(lambda text: text or gr.skip(), inputs=self.example, outputs=self.prompt, api_name=False)
+        gr.on(
+            [self.new_round.click, self.prompt.submit],
+            self.play,
+            inputs=[self.prompt, self.domain, self.pool, self.temperature, self.max_tokens, self.rng],
+            outputs=[*self.chats, *self.reveals, *self.buttons, self.message, self.current, self.rng],
+            api_name="arena_round",
+        )
+        # One vote at a time, app-wide (a vote takes milliseconds), so a double click cannot store a round twice.
+        votes = [
+            button.click(
+                self.vote,
+                inputs=[button, self.current],
+                outputs=[*self.reveals, *self.buttons, self.message, self.current],
+                api_name="arena_vote" if index == 0 else False,
+                concurrency_limit=1,
+                concurrency_id="arena_vote",
+            )
+            for index, button in enumerate(self.buttons)
+        ]
+        refresh_pool = {"fn": self.on_adapters_changed, "inputs": [self.domain, self.pool]}
+        return ArenaEvents(votes, {**refresh_pool, "outputs": [self.adapters, self.pool], "api_name": False})

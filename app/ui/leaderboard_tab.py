@@ -1,0 +1,175 @@
+"""Leaderboard tab: which arena configurations people prefer, from the stored votes, and the DPO data they make.
+
+The work is done elsewhere: app.store reads the votes, app.arena turns them into battles and preference rows,
+app.ratings rates them (Bradley–Terry with a bootstrap interval, online Elo, win rates). One filter (a domain or
+all, and what "both are bad" counts as) drives the table, the chart, the win-rate matrix and the export. The
+bootstrap refits the model 200 times (up to a second), so reading and rating run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import gradio as gr
+import pandas as pd
+
+from app.arena import battles, preference_records, write_preferences
+from app.content import Content
+from app.ratings import BothBad, Standing, leaderboard, win_rates
+from app.store import Vote, VoteStore
+
+ALL = "all"
+HEADERS = ["rank", "configuration", "rating (Bradley–Terry)", "95% CI", "Elo", "votes"]
+CHART_MARGIN = 50.0  # rating points above and below the plotted values
+CHART_COLORS = {"rating": "#1f77b4", "95% CI low": "#9e9e9e", "95% CI high": "#9e9e9e"}
+OUTCOME_NAMES = {"a": "A better", "b": "B better", "tie": "tie", "both_bad": "both bad"}
+HELP = (
+    "Ratings of the Arena's configurations from every stored vote. **Bradley–Terry** (the ranking) is fitted to all "
+    "votes at once, 1000 on average; its **95% CI** comes from 200 bootstrap resamples: overlapping intervals mean "
+    "the votes do not separate two configurations yet. **Elo** is the classic online update, for comparison. A tie "
+    "is half a win each. Votes where a panel failed are kept but not rated."
+)
+
+Updates = dict[gr.components.Component, Any]
+
+
+def standings_frame(rows: Sequence[Standing]) -> pd.DataFrame:
+    """The leaderboard table, best first; ratings rounded to whole points."""
+    return pd.DataFrame(
+        [
+            [
+                rank,
+                row.name,
+                round(row.rating),
+                f"{row.interval.lower:.0f} – {row.interval.upper:.0f}" if row.interval else "n/a",
+                round(row.elo),
+                row.votes,
+            ]
+            for rank, row in enumerate(rows, 1)
+        ],
+        columns=HEADERS,
+    )
+
+
+def win_rate_frame(names: Sequence[str], rates: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """Share of points the row's configuration took against the column's (ties ½); blank where they never met."""
+    cells = [
+        [name, *(f"{rates[name][other]:.0%}" if other in rates.get(name, {}) else "" for other in names)]
+        for name in names
+    ]
+    return pd.DataFrame(cells, columns=["configuration vs →", *names])
+
+
+def chart_frame(rows: Sequence[Standing]) -> pd.DataFrame:
+    """Long format for a scatter plot: each configuration's rating and the two ends of its interval."""
+    points = []
+    for row in rows:
+        if row.interval:
+            points += [(row.name, row.interval.lower, "95% CI low"), (row.name, row.interval.upper, "95% CI high")]
+        points.append((row.name, row.rating, "rating"))  # drawn last, on top of an interval end it equals
+    return pd.DataFrame(points, columns=["configuration", "rating", "series"]).astype({"rating": float})
+
+
+def rating_range(points: pd.DataFrame) -> list[float] | None:
+    """The chart's y range: every plotted value plus a margin (a rating axis from 0 would flatten them)."""
+    if points.empty:
+        return None
+    return [float(points["rating"].min()) - CHART_MARGIN, float(points["rating"].max()) + CHART_MARGIN]
+
+
+def vote_summary(votes: Sequence[Vote], rated: int, domain: str | None) -> str:
+    """How many votes the filter holds, by outcome, and how many were left out of the ratings."""
+    where = f" in {domain}" if domain else ""
+    if not votes:
+        return f"No votes yet{where}: play a few rounds in the Arena tab."
+    outcomes = Counter(vote.outcome for vote in votes)
+    parts = [f"{outcomes[key]} {name}" for key, name in OUTCOME_NAMES.items() if outcomes[key]]
+    summary = f"**{len(votes)} vote(s)**{where}: {', '.join(parts)}"
+    if rated < len(votes):
+        summary += f" · {len(votes) - rated} not rated (a panel failed, or both sides ran the same configuration)"
+    return summary
+
+
+def render(store: VoteStore, content: Content) -> dict[str, Any]:
+    """Build the tab inside the current Blocks context and wire its events.
+
+    Returns the keyword arguments of an event listener that refreshes the board, for the app to run when the tab
+    is selected and after each arena vote.
+    """
+    gr.Markdown(HELP)
+    with gr.Row():
+        domain = gr.Dropdown([ALL, *content.domains], value=ALL, label="Domain", scale=2)
+        both_bad = gr.Radio(
+            [("a tie", "tie"), ("left out", "drop")], value="tie", label='"Both are bad" counts as', scale=2
+        )
+        refresh_button = gr.Button("Refresh", size="sm", scale=0, min_width=100)
+    summary = gr.Markdown()
+    table = gr.Dataframe(standings_frame([]), interactive=False, label="Leaderboard", wrap=True)
+    chart = gr.ScatterPlot(
+        None,  # never an empty frame: after one, Gradio 6.31 draws no points on the next update
+        x="configuration",
+        y="rating",
+        color="series",
+        color_map=CHART_COLORS,
+        label="Bradley–Terry rating (blue) and the ends of its 95% interval (grey)",
+        x_label_angle=-20,
+        height=320,
+    )
+    matrix = gr.Dataframe(
+        win_rate_frame([], {}),
+        interactive=False,
+        wrap=True,
+        label="Win rates: share of points of the row vs the column",
+    )
+    with gr.Row():
+        persona = gr.Dropdown(
+            [("none: the question alone", ""), *((name, name) for name in sorted(content.personas))],
+            value="",
+            label="System prompt in the exported prompts",
+            scale=2,
+        )
+        export = gr.Button("Download preference data (JSONL)", scale=1)
+    exported = gr.File(label="Preference data (TRL conversational format)", interactive=False, visible=False)
+    note = gr.Markdown()
+
+    def board(chosen: str, counts_as: BothBad) -> Updates:
+        only = None if chosen == ALL else chosen
+        votes = store.votes(only)
+        played = battles(votes)
+        rows = leaderboard(played, both_bad=counts_as)
+        names = [row.name for row in rows]
+        points = chart_frame(rows)
+        return {
+            summary: vote_summary(votes, len(played), only),
+            table: standings_frame(rows),
+            chart: gr.ScatterPlot(points if rows else None, sort=names, y_lim=rating_range(points)),
+            matrix: win_rate_frame(names, win_rates(played, counts_as)),
+        }
+
+    async def refresh(chosen: str, counts_as: BothBad) -> Updates:
+        return await anyio.to_thread.run_sync(board, chosen, counts_as)
+
+    async def download(chosen: str, persona_name: str) -> Updates:
+        votes = await anyio.to_thread.run_sync(store.votes, None if chosen == ALL else chosen)
+        system = content.personas[persona_name].system_prompt if persona_name else None
+        records = preference_records(votes, system)
+        if not records:
+            raise gr.Error("Nothing to export yet: only votes where one answer won (A or B better) make pairs.")
+        path = Path(tempfile.mkdtemp(prefix="arena-preferences-")) / f"preferences-{chosen}.jsonl"
+        written = write_preferences(path, records)
+        return {
+            exported: gr.File(str(path), visible=True),
+            note: f"{written} preference pair(s); ties, both-bad and failed votes skipped.",
+        }
+
+    outputs = [summary, table, chart, matrix]
+    refresh_button.click(refresh, inputs=[domain, both_bad], outputs=outputs, api_name="leaderboard")
+    for control in (domain, both_bad):
+        control.change(refresh, inputs=[domain, both_bad], outputs=outputs, api_name=False)
+    export.click(download, inputs=[domain, persona], outputs=[exported, note], api_name="leaderboard_export")
+    return {"fn": refresh, "inputs": [domain, both_bad], "outputs": outputs, "api_name": False}
