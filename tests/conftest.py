@@ -1,4 +1,5 @@
-"""Shared fixtures: a real vLLM server on a free loopback port (once per session) and its settings."""
+"""Shared fixtures: a real vLLM server on a free loopback port (once per session), its settings, and the whole
+Gradio app on it (once per test module) with a gradio_client to drive it."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import gradio as gr
 import pytest
+from gradio_client import Client
 
 from app.config import Settings, load_settings
 from app.model_prep import DEFAULT_OUT, prepare
-from app.serving import VLLMServer
+from app.serving import ServingClient, VLLMServer
+from app.ui import build_app
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,3 +62,15 @@ def vllm_server(server_settings: Settings) -> Iterator[VLLMServer]:
     with VLLMServer(server_settings) as server:
         server.wait_ready(progress=False)
         yield server
+
+
+@pytest.fixture(scope="module")
+def ui_client(vllm_server: VLLMServer, server_settings: Settings) -> Iterator[Client]:
+    """The whole app (every tab) on a free port, wired to the session's vLLM server."""
+    demo: gr.Blocks = build_app(server_settings, ServingClient(vllm_server.base_url))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()

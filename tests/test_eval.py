@@ -9,12 +9,11 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
 import pytest
 from gradio_client import Client
 
@@ -36,7 +35,6 @@ from app.eval import (
 from app.playground import PanelAnswer
 from app.rag import Citation
 from app.serving import ServingClient, VLLMServer
-from app.ui import build_app
 from tests.conftest import REPO, free_port
 
 RATES = ("terminology_accuracy", "hallucination_rate", "groundedness", "style_score")
@@ -364,19 +362,8 @@ def test_cli_end_to_end_and_resume(
     assert "](results/chart-support.png)" in published and (tmp_path / "docs/results/chart-support.png").is_file()
 
 
-@pytest.fixture(scope="module")
-def eval_ui(vllm_server: VLLMServer, server_settings: Settings) -> Iterator[Client]:
-    demo: gr.Blocks = build_app(server_settings, ServingClient(vllm_server.base_url))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        demo.close()
-
-
-def test_eval_tab_runs_one_question(eval_ui: Client) -> None:
-    job = eval_ui.submit(
+def test_eval_tab_runs_one_question(ui_client: Client) -> None:
+    job = ui_client.submit(
         ["support"], ["base+persona", "base+persona+rag"], 1, 32, "terminology_accuracy", api_name="/eval_run"
     )
     progress = set()

@@ -4,38 +4,24 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import gradio as gr
 import pytest
 from gradio_client import Client
 from gradio_client.client import Job
 from gradio_client.exceptions import AppError
 
-from app.config import Settings
 from app.configuration import PRESETS
 from app.content import load_content
 from app.prompts import message_text
 from app.rag import Citation
 from app.scoring import score_answer
 from app.serving import ServingClient, VLLMServer
-from app.ui import build_app
 from app.ui.compare import MAX_PANELS, marked_html, sources_markdown
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
 
 SHIPPED = ("legal", "medical", "finance", "support")
-
-
-@pytest.fixture(scope="module")
-def ui_client(vllm_server: VLLMServer, server_settings: Settings) -> Iterator[Client]:
-    demo: gr.Blocks = build_app(server_settings, ServingClient(vllm_server.base_url))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        demo.close()
 
 
 @pytest.fixture
