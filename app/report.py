@@ -359,7 +359,8 @@ def render_html(
 
 CARD_START, CARD_END = "<!-- eval:start -->", "<!-- eval:end -->"
 CARD_SPECS = ("base+persona", "adapter+persona", "base+persona+rag", "adapter+persona+rag")
-CARD_KEYS = {"terminology_accuracy": "terminology ↑", "hallucination_rate": "hallucination ↓",
+CARD_KEYS = {"terminology_accuracy": "terminology ↑", "forbidden_rate": "false claims ↓",
+             "unsupported_rate": "unsupported numbers/names ↓", "hallucination_rate": "hallucination (either) ↓",
              "style_score": "brand-voice style ↑", "latency_s": "latency s", "n": "answered"}  # fmt: skip
 
 
@@ -384,8 +385,10 @@ def adapter_section(summary: Mapping[str, Any], domains_shown: Sequence[str], me
         "",
         f"Written by `make eval` on {str(meta.get('date', ''))[:10]} (`python -m app.eval`, temperature 0, "
         f"≤ {meta.get('max_tokens')} tokens) on `evals/<domain>.jsonl`, questions that are not in the training "
-        "data; both configurations get the domain persona's system prompt. Full results and definitions: "
-        "docs/results.md and docs/eval.md. Demo numbers from a 135M model, not a quality claim.",
+        "data; both configurations get the domain persona's system prompt. Rates are shares of answers: *false "
+        "claims* state a known-false claim of the question, *unsupported* ones a number, price, duration or name "
+        "found in neither the reference answer nor the knowledge-base passages for the question. Full results and "
+        "definitions: docs/results.md and docs/eval.md. Demo numbers from a 135M model, not a quality claim.",
     ]
     for domain in domains_shown:
         verdict = summary["verdict"].get(domain, {})
