@@ -42,7 +42,7 @@ from app.content import EvalItem, Persona, load_jsonl, load_personas
 from app.playground import PanelAnswer, answer_panels
 from app.rag import Citation, RAGError, RAGStore, embeddings
 from app.scoring import score_answer
-from app.serving import ServingClient, ServingError, VLLMServer, server_is_up
+from app.serving import ModelInfo, ServingClient, ServingError, VLLMServer, server_is_up
 
 log = logging.getLogger(__name__)
 
@@ -167,15 +167,39 @@ def plan_jobs(
 # --- answers and their cache ------------------------------------------------------------------------------------------
 
 
-def cache_key(config: Configuration, question: str, max_tokens: int, base_model: str) -> str:
-    """What makes an answer reusable: the configuration, the question, the answer length and the base model."""
+def cache_key(config: Configuration, question: str, max_tokens: int, version: str) -> str:
+    """What makes an answer reusable: the configuration, the question, the answer length and the `answer_versions`
+    of what answered it."""
     payload = {
         "config": config.model_dump(mode="json"),
         "question": question,
         "max_tokens": max_tokens,
-        "base_model": base_model,
+        "base_model": version,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def answer_versions(jobs: Sequence[Job], models: Sequence[ModelInfo], rag: RAGStore) -> list[str]:
+    """Per job, what its answer depends on beyond configuration and question: the base model, the hash of the
+    adapter's weights (its folder as the server names it, where they cannot be read) and the hash of the knowledge
+    base's files, so that a retrained adapter or an edited knowledge base is asked again, not read from the cache."""
+    base = next(model for model in models if not model.is_adapter)
+    weights: dict[str, str] = {}
+    for model in models:
+        if model.is_adapter:
+            path = Path(model.root or "") / "adapter_model.safetensors"
+            weights[model.id] = _sha256(path.read_bytes()) if model.root and path.is_file() else model.root or model.id
+    kbs = {job.config.rag for job in jobs} - {None}
+    files = {kb: _sha256(json.dumps(rag.fingerprint(kb), sort_keys=True).encode()) for kb in kbs if kb}
+    versions = []
+    for job in jobs:
+        parts = [base.root or base.id, weights.get(job.config.adapter or ""), files.get(job.config.rag or "")]
+        versions.append("|".join(part for part in parts if part))
+    return versions
 
 
 def _answer_from_json(data: Mapping[str, Any]) -> PanelAnswer:
@@ -235,7 +259,7 @@ async def collect_answers(
     *,
     personas: Mapping[str, Persona],
     base_model: str,
-    model_identity: str,
+    versions: Sequence[str],
     cache: AnswerCache,
     concurrency: int,
 ) -> list[tuple[PanelAnswer, bool]]:
@@ -244,7 +268,10 @@ async def collect_answers(
     Requests for the base model and for adapters share batches; on CPU that is only correct with app.vllm_plugin
     installed (`make install`), which a server started here loads.
     """
-    keys = [cache_key(job.config, job.item.question, job.config.max_tokens, model_identity) for job in jobs]
+    keys = [
+        cache_key(job.config, job.item.question, job.config.max_tokens, version)
+        for job, version in zip(jobs, versions, strict=True)
+    ]
     results: list[tuple[PanelAnswer, bool] | None] = [
         None if hit is None else (hit, True) for hit in map(cache.get, keys)
     ]
@@ -537,8 +564,9 @@ async def evaluate(
         raise EvalError("nothing to ask: " + ("; ".join(warnings) or "no questions"))
     cache = AnswerCache() if cache is None else cache
     identity = base.root or base.id
+    versions = await asyncio.to_thread(answer_versions, jobs, models, rag)
     answers = await collect_answers(
-        client, rag, jobs, personas=personas, base_model=base.id, model_identity=identity, cache=cache,
+        client, rag, jobs, personas=personas, base_model=base.id, versions=versions, cache=cache,
         concurrency=concurrency,
     )  # fmt: skip
     results = await asyncio.to_thread(score_all, jobs, answers, rag=rag, personas=personas, questions=questions)

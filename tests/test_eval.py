@@ -18,12 +18,15 @@ import pytest
 from gradio_client import Client
 
 from app import report
-from app.config import Settings
+from app.config import Settings, load_settings
 from app.configuration import Configuration
+from app.content import EvalItem
 from app.eval import (
     AnswerCache,
     EvalError,
     EvalRun,
+    Job,
+    answer_versions,
     cache_key,
     decide_verdict,
     load_questions,
@@ -33,8 +36,8 @@ from app.eval import (
     write_outputs,
 )
 from app.playground import PanelAnswer
-from app.rag import Citation
-from app.serving import ServingClient, VLLMServer
+from app.rag import Citation, RAGStore
+from app.serving import ModelInfo, ServingClient, VLLMServer
 from tests.conftest import REPO, free_port
 
 RATES = ("terminology_accuracy", "hallucination_rate", "groundedness", "style_score")
@@ -245,6 +248,28 @@ def test_cache_key_is_stable() -> None:
         cache_key(config.model_copy(update={"rag": None}), "How much is Acme Unlimited?", 64, "/models/SmolLM2"),
     }
     assert key not in others and len(others) == 4
+
+
+def test_answers_are_asked_again_after_retraining_or_a_kb_edit(tmp_path: Path) -> None:
+    adapter, kb = tmp_path / "adapters" / "support", tmp_path / "kb" / "support"
+    adapter.mkdir(parents=True)
+    kb.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights v1")
+    (kb / "plans.md").write_text("# Plans\nAcme Unlimited is $45/month.\n")
+    rag = RAGStore(load_settings(None, {"paths.kb": str(kb.parent), "paths.data": str(tmp_path / "data")}))
+    models = [ModelInfo("base", root="/models/SmolLM2"), ModelInfo("support", parent="base", root=str(adapter))]
+    item = EvalItem(id="support-001", domain="support", question="How much?", expected_terms=[["$45"]])
+    jobs = [Job(item, Configuration.for_domain(spec, "support")) for spec in ("base", "adapter", "base+rag")]
+
+    base, tuned, retrieved = answer_versions(jobs, models, rag)
+    assert base == "/models/SmolLM2", "base-model answers keep their cache keys"
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights v2")  # retrained
+    (kb / "plans.md").write_text("# Plans\nAcme Unlimited is $50/month.\n")  # the price changed
+    again = answer_versions(jobs, models, rag)
+    assert again[0] == base
+    assert again[1] != tuned and again[2] != retrieved, "new weights and new KB text make new cache keys"
+    remote = [models[0], ModelInfo("support", parent="base", root="/srv/adapters/support")]  # weights not readable
+    assert answer_versions(jobs[1:2], remote, rag) == ["/models/SmolLM2|/srv/adapters/support"]
 
 
 def test_answer_cache_round_trip(tmp_path: Path) -> None:
