@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -42,24 +43,45 @@ def page_is_up(url: str) -> bool:
         return False
 
 
+@dataclass
+class App:
+    """A running `python -m app`; its output goes to a file (a pipe nobody reads can fill up and block it)."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def interrupt(self, timeout: float) -> int:
+        """Ctrl-C, then its exit status; fails with the tail of its output if it does not exit in time."""
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the app did not exit within {timeout} s of Ctrl-C; its output ends:\n{self.output()[-3000:]}")
+
+
 @contextmanager
-def running_app(args: list[str], env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def running_app(args: list[str], env: dict[str, str], log: Path) -> Iterator[App]:
     ui_port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "--port", str(ui_port), *args],
-        cwd=REPO,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "--port", str(ui_port), *args],
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    app = App(process, ui_port, log)
     try:
         deadline = time.monotonic() + UI_START_S
         while not page_is_up(f"http://127.0.0.1:{ui_port}/"):
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            assert time.monotonic() < deadline, f"the UI did not come up within {UI_START_S} s"
+            assert process.poll() is None, app.output()
+            assert time.monotonic() < deadline, f"the UI did not come up within {UI_START_S} s:\n{app.output()}"
             time.sleep(1)
-        yield process, ui_port
+        yield app
     finally:
         if process.poll() is None:
             process.kill()
@@ -81,25 +103,28 @@ def app_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("app-data")
 
 
-def test_app_uses_external_server(vllm_server: VLLMServer, app_data: Path) -> None:
-    with running_app(["--vllm-url", vllm_server.base_url], {"ARENA_PATHS__DATA": str(app_data)}) as (process, port):
-        assert "⚠️" not in ask(port)
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) in (0, -signal.SIGINT, 130)
+def test_app_uses_external_server(vllm_server: VLLMServer, app_data: Path, tmp_path: Path) -> None:
+    env = {"ARENA_PATHS__DATA": str(app_data)}
+    with running_app(["--vllm-url", vllm_server.base_url], env, tmp_path / "app.log") as app:
+        assert "⚠️" not in ask(app.port)
+        assert app.interrupt(timeout=60) in (0, -signal.SIGINT, 130)
     assert server_is_up(vllm_server.base_url), "stopping the app must not stop a server it did not start"
 
 
 def test_ctrl_c_stops_app_and_its_vllm(model_dir: Path, app_data: Path, tmp_path: Path) -> None:
     vllm_port = free_port()
-    env = {"ARENA_PATHS__DATA": str(app_data), "ARENA_VLLM__KV_CACHE_GIB": "1", "ARENA_PATHS__ADAPTERS": str(tmp_path)}
-    with running_app(["--model", str(model_dir), "--vllm-port", str(vllm_port)], env) as (process, port):
+    env = {
+        "ARENA_PATHS__DATA": str(app_data),
+        "ARENA_VLLM__KV_CACHE_GIB": "1",
+        "ARENA_PATHS__ADAPTERS": str(tmp_path / "none"),
+    }
+    args = ["--model", str(model_dir), "--vllm-port", str(vllm_port)]
+    with running_app(args, env, tmp_path / "app.log") as app:
         marker = f"--port {vllm_port}"
         assert processes_with(marker), "the app must have started its own vLLM server"
-        assert "⚠️" not in ask(port)
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=90)
-        output = process.stdout.read() if process.stdout else ""
-        assert "vLLM ready" in output, output
+        assert "⚠️" not in ask(app.port)
+        app.interrupt(timeout=90)
+        assert "vLLM ready" in app.output(), app.output()
     deadline = time.monotonic() + 30
     while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.5)

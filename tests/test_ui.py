@@ -167,7 +167,7 @@ def test_huge_prompt_fails_in_the_panels_and_the_app_goes_on(ui_client: Client) 
     chat_0, chat_1, *_ = ask(ui_client, huge, panel(), panel(rag=True)).result(timeout=120)
     for chat in (chat_0, chat_1):
         assert "⚠️" in answer_of(chat) and "maximum context length" in answer_of(chat), answer_of(chat)[-300:]
-    chat, *_ = ask(ui_client, "Hello", panel(tokens=8), panel(tokens=8)).result(timeout=120)
+    chat, *_ = ask(ui_client, "Hello", panel(tokens=16), panel(tokens=16)).result(timeout=120)
     assert answer_of(chat).strip() and "⚠️" not in answer_of(chat), "the next question is answered as usual"
 
 
