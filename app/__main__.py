@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    # Turn SIGTERM (docker stop, kill) into the same clean shutdown as Ctrl-C.
+    # Ctrl-C stops us even when a script started us in the background (a non-interactive shell makes `cmd &` ignore
+    # SIGINT, and Python then never raises KeyboardInterrupt); SIGTERM (docker stop, kill) shuts down the same way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with ExitStack() as stack:
         server = None
