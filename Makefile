@@ -29,7 +29,7 @@ endif
 	$(PIP) install --no-deps -r requirements-nodeps.txt
 	touch $@
 
-# The project itself, editable: registers app.vllm_plugin with vLLM (its entry point is in pyproject.toml).
+# The project itself, editable: registers app.serving.vllm_plugin with vLLM (its entry point is in pyproject.toml).
 $(PROJECT_STAMP): pyproject.toml $(STAMP)
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@

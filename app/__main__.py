@@ -15,7 +15,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from app.config import ConfigError, ModelSettings, Settings, load_settings
-from app.serving import ServingClient, ServingError, VLLMServer, server_is_up
+from app.serving.client import ServingClient, ServingError, server_is_up
+from app.serving.process import VLLMServer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             except ServingError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
-        from app.store import StoreError
+        from app.arena.store import StoreError
         from app.ui import build_app  # gradio is slow to import: only once the server is on its way
 
         try:

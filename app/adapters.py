@@ -31,7 +31,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from app.config import ConfigError, Settings, load_settings
-from app.serving import ServingClient, ServingError, discover_adapters
+from app.serving.client import ServingClient, ServingError
+from app.serving.process import discover_adapters
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CONFIG_FILE = "adapter_config.json"

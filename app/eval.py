@@ -42,7 +42,8 @@ from app.content import EvalItem, Persona, load_jsonl, load_personas
 from app.playground import PanelAnswer, answer_panels
 from app.rag import Citation, RAGError, RAGStore, embeddings
 from app.scoring import score_answer
-from app.serving import ModelInfo, ServingClient, ServingError, VLLMServer, server_is_up
+from app.serving.client import ModelInfo, ServingClient, ServingError, server_is_up
+from app.serving.process import VLLMServer
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +266,7 @@ async def collect_answers(
 ) -> list[tuple[PanelAnswer, bool]]:
     """Every job's answer (same order), and whether it came from the cache; `concurrency` requests at a time.
 
-    Requests for the base model and for adapters share batches; on CPU that is only correct with app.vllm_plugin
+    Requests for the base model and for adapters share batches; on CPU that is only correct with app.serving.vllm_plugin
     installed (`make install`), which a server started here loads.
     """
     keys = [

@@ -18,7 +18,7 @@ from typing import Any
 from app.configuration import PanelConfig
 from app.prompts import build_messages, build_rag_messages
 from app.rag import Citation, RAGError, RAGStore
-from app.serving import ServingClient, ServingError
+from app.serving.client import ServingClient, ServingError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from gradio_client import Client
 
 from app.config import Settings, load_settings
 from app.model_prep import DEFAULT_OUT, prepare
-from app.serving import ServingClient, VLLMServer
+from app.serving.client import ServingClient
+from app.serving.process import VLLMServer
 from app.ui import build_app
 
 REPO = Path(__file__).resolve().parent.parent

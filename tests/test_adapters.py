@@ -24,7 +24,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 from app import adapters
 from app.adapters import AdapterError, validate_adapter
 from app.config import Settings
-from app.serving import ServingClient, ServingError, VLLMServer
+from app.serving.client import ServingClient, ServingError
+from app.serving.process import VLLMServer
 from app.ui import adapters_tab
 from tests.conftest import free_port
 

@@ -16,7 +16,8 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from app.serving import VLLMServer, server_is_up
+from app.serving.client import server_is_up
+from app.serving.process import VLLMServer
 from tests.conftest import REPO, free_port
 
 UI_START_S = 300

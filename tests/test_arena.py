@@ -14,18 +14,18 @@ import yaml
 from datasets import Dataset
 from pydantic import ValidationError
 
-from app.arena import (
+from app.arena.__main__ import main
+from app.arena.ratings import Battle
+from app.arena.rounds import (
     ArenaError,
     battles,
     config_label,
     draw_pair,
-    main,
     preference_records,
     write_preferences,
 )
+from app.arena.store import Vote, VoteStore, sqlite_url
 from app.configuration import Configuration
-from app.ratings import Battle
-from app.store import Vote, VoteStore, sqlite_url
 
 LEGAL_FULL = Configuration(adapter="legal", persona="legal", rag="legal")
 BASE = Configuration()

@@ -20,14 +20,15 @@ from gradio_client import Client
 from gradio_client.client import Job
 from gradio_client.exceptions import AppError
 
-from app.arena import battles
+from app.arena.ratings import vote_counts
+from app.arena.rounds import battles
+from app.arena.store import VoteStore, sqlite_url
 from app.config import Settings
 from app.configuration import Configuration
 from app.content import load_persona
 from app.prompts import message_text
-from app.ratings import vote_counts
-from app.serving import ServingClient, VLLMServer
-from app.store import VoteStore, sqlite_url
+from app.serving.client import ServingClient
+from app.serving.process import VLLMServer
 from app.ui import build_app
 from tests.conftest import free_port
 

@@ -13,9 +13,10 @@ import gradio as gr
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from app.arena.store import VoteStore
 from app.config import Settings
-from app.serving import ServingClient, VLLMServer
-from app.store import VoteStore
+from app.serving.client import ServingClient
+from app.serving.process import VLLMServer
 from app.ui import build_app
 from tests.conftest import REPO, free_port
 

@@ -37,7 +37,8 @@ from app.eval import (
 )
 from app.playground import PanelAnswer
 from app.rag import Citation, RAGStore
-from app.serving import ModelInfo, ServingClient, VLLMServer
+from app.serving.client import ModelInfo, ServingClient
+from app.serving.process import VLLMServer
 from tests.conftest import REPO, free_port
 
 RATES = ("terminology_accuracy", "hallucination_rate", "groundedness", "style_score")

@@ -12,7 +12,8 @@ from app.config import Settings, load_settings
 from app.content import EvalItem, load_jsonl
 from app.prompts import build_rag_messages
 from app.rag import ALL, RAGError, RAGStore, main
-from app.serving import ServingClient, VLLMServer
+from app.serving.client import ServingClient
+from app.serving.process import VLLMServer
 from tests.conftest import REPO
 
 DOMAINS = ["finance", "legal", "medical", "support"]

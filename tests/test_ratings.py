@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from app.ratings import (
+from app.arena.ratings import (
     Battle,
     Outcome,
     bootstrap_ci,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from app.config import load_settings
-from app.serving import ServingClient, ServingError, VLLMServer, discover_adapters
+from app.serving.client import ServingClient, ServingError
+from app.serving.process import VLLMServer, discover_adapters
 from tests.conftest import REPO, free_port
 
 
@@ -91,7 +92,7 @@ def test_lora_fix_gives_no_delta_to_rows_without_an_adapter() -> None:
     import torch
     from vllm.lora.ops.torch_ops import lora_ops
 
-    from app.vllm_plugin import without_lora_rows
+    from app.serving.vllm_plugin import without_lora_rows
 
     weights = torch.stack([torch.full((1, 3, 2), float(slot + 1)) for slot in range(4)])  # 4 slots, rank 3, dim 2
     x = torch.ones(3, 2)
@@ -105,8 +106,9 @@ def test_lora_fix_gives_no_delta_to_rows_without_an_adapter() -> None:
 
 
 async def test_base_requests_batched_with_adapters_stay_base(vllm_server: VLLMServer) -> None:
-    """Regression (app.vllm_plugin): on CPU, base-model requests batched with adapter requests used to be answered
-    by the adapter in the last slot. With the support adapter in every slot, its voice must not reach `base`."""
+    """Regression (app.serving.vllm_plugin): on CPU, base-model requests batched with adapter requests used to be
+    answered by the adapter in the last slot. With the support adapter in every slot, its voice must not reach
+    `base`."""
     client = ServingClient(vllm_server.base_url)
     names = [f"support-{n}" for n in range(4)]  # fill all of vLLM's --max-loras 4 slots with the support adapter
     try:

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from app.store import StoreError, VoteStore, sqlite_url
+from app.arena.store import StoreError, VoteStore, sqlite_url
 
 LEGAL = {"adapter": "legal", "persona": "legal", "rag": "legal", "temperature": 0.7, "max_tokens": 256}
 BASE = {"adapter": None, "persona": None, "rag": None, "temperature": 0.7, "max_tokens": 256}

@@ -17,7 +17,8 @@ from app.content import load_content
 from app.prompts import message_text
 from app.rag import Citation
 from app.scoring import score_answer
-from app.serving import ServingClient, VLLMServer
+from app.serving.client import ServingClient
+from app.serving.process import VLLMServer
 from app.ui.compare import MAX_PANELS, marked_html, sources_markdown
 from tests.conftest import REPO
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import gradio as gr
 
+from app.arena.store import VoteStore
 from app.config import Settings
 from app.content import load_content
 from app.rag import RAGStore
-from app.serving import ServingClient
-from app.store import VoteStore
+from app.serving.client import ServingClient
 from app.ui import adapters_tab, arena_tab, compare, eval_tab, leaderboard_tab
 
 TITLE = "Adapter Arena"

@@ -14,7 +14,7 @@ from gradio.events import Dependency
 
 from app import adapters
 from app.config import Settings
-from app.serving import ServingClient, ServingError
+from app.serving.client import ServingClient, ServingError
 
 HELP = (
     "Adapters are loaded into the running vLLM server without a restart. A folder must lie inside `{roots}` and "

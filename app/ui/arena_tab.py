@@ -1,9 +1,9 @@
 """Arena tab: a blind A/B test. Two configurations from the user's pool answer one prompt as "Model A" and "Model B";
 the user votes, and only then are the configurations revealed.
 
-The work is done elsewhere: app.arena draws the pair, app.playground streams both answers in one event (so they
-stream in parallel, and a failing panel never blocks the other), app.store keeps the vote. Each browser session has
-its own random generator and current round in `gr.State`; nothing mutable lives at module level. Which
+The work is done elsewhere: app.arena.rounds draws the pair, app.playground streams both answers in one event (so
+they stream in parallel, and a failing panel never blocks the other), app.arena.store keeps the vote. Each browser
+session has its own random generator and current round in `gr.State`; nothing mutable lives at module level. Which
 configuration answered is kept server-side until the vote; the answers' stats (token counts would give RAG away)
 are shown only with the reveal. Model output is untrusted and shown escaped, as in the Compare tab.
 """
@@ -20,15 +20,15 @@ import anyio
 import gradio as gr
 from gradio.events import Dependency
 
-from app.arena import ArenaError, draw_pair
+from app.arena.ratings import Outcome
+from app.arena.rounds import ArenaError, draw_pair
+from app.arena.store import StoreError, VoteStore
 from app.config import Settings
 from app.configuration import DEFAULT_TEMPERATURE, Configuration
 from app.content import Content
 from app.playground import PanelAnswer, answer_panels
 from app.rag import RAGStore
-from app.ratings import Outcome
-from app.serving import ServingClient, ServingError
-from app.store import StoreError, VoteStore
+from app.serving.client import ServingClient, ServingError
 from app.ui.compare import shown_chat, stats_line
 
 HELP = (

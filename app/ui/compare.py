@@ -30,7 +30,7 @@ from app.prompts import message_text
 from app.rag import ALL, Citation, RAGError, RAGStore, embeddings
 from app.report import md_text
 from app.scoring import FALSE_CLAIM, MISUSE, TERM, UNSUPPORTED, AnswerScores, highlight, score_answer
-from app.serving import ModelInfo, ServingClient, ServingError
+from app.serving.client import ModelInfo, ServingClient, ServingError
 
 History = list[dict[str, Any]]
 MAX_PANELS = 4

@@ -14,7 +14,7 @@ from app.content import Content
 from app.eval import DEFAULT_SPECS, EvalError, by_domain, evaluate, load_questions
 from app.rag import RAGError, RAGStore
 from app.report import CHART_METRICS, chart_records, md_text, table, verdicts_markdown
-from app.serving import ServingClient, ServingError
+from app.serving.client import ServingClient, ServingError
 
 QUESTIONS_PER_DOMAIN = 5
 INTRO = (

@@ -1,8 +1,8 @@
 """Leaderboard tab: which arena configurations people prefer, from the stored votes, and the DPO data they make.
 
-The work is done elsewhere: app.store reads the votes, app.arena turns them into battles and preference rows,
-app.ratings rates them (Bradley–Terry with a bootstrap interval, online Elo, win rates). One filter (a domain or
-all, and what "both are bad" counts as) drives the table, the chart, the win-rate matrix and the export. The
+The work is done elsewhere: app.arena.store reads the votes, app.arena.rounds turns them into battles and preference
+rows, app.arena.ratings rates them (Bradley–Terry with a bootstrap interval, online Elo, win rates). One filter (a
+domain or all, and what "both are bad" counts as) drives the table, the chart, the win-rate matrix and the export. The
 bootstrap refits the model 200 times (up to a second), so reading and rating run in a worker thread.
 """
 
@@ -18,10 +18,10 @@ import anyio
 import gradio as gr
 import pandas as pd
 
-from app.arena import battles, preference_records, write_preferences
+from app.arena.ratings import BothBad, Standing, leaderboard, win_rates
+from app.arena.rounds import battles, preference_records, write_preferences
+from app.arena.store import Vote, VoteStore
 from app.content import Content
-from app.ratings import BothBad, Standing, leaderboard, win_rates
-from app.store import Vote, VoteStore
 
 ALL = "all"
 HEADERS = ["rank", "configuration", "rating (Bradley–Terry)", "95% CI", "Elo", "votes"]

@@ -6,7 +6,7 @@ URL instead, e.g. `postgresql+psycopg://arena:secret@db-host:5432/arena` (needs 
 Configurations are stored as JSON, never pickled. The schema is created on first use. Blocking calls: from async
 code run them in a worker thread (`await anyio.to_thread.run_sync(lambda: store.add_vote(...))`). Look at a database:
 
-    .venv/bin/python -c "from app.store import VoteStore; print(VoteStore('sqlite:///.data/arena.db').count())"
+    .venv/bin/python -c "from app.arena.store import VoteStore; print(VoteStore('sqlite:///.data/arena.db').count())"
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from app.arena.ratings import OUTCOMES, Outcome
 from app.config import Settings
-from app.ratings import OUTCOMES, Outcome
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 DB_FILENAME = "arena.db"

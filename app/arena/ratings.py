@@ -10,7 +10,7 @@ right one), fitted by scikit-learn with a very weak L2 penalty so that a configu
 finite (if very large) rating. Coefficients are scaled to Elo points, 400/ln 10 · β + 1000, and centred so that the
 average rating is 1000. Nothing here reads files; see docs/arena.md. Example:
 
-    .venv/bin/python -c "from app.ratings import Battle, bradley_terry; print(bradley_terry([Battle('x', 'y', 'a')]))"
+    .venv/bin/python -c "from app.arena.ratings import Battle, bradley_terry as bt; print(bt([Battle('x', 'y', 'a')]))"
 """
 
 from __future__ import annotations

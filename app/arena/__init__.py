@@ -1,0 +1,1 @@
+"""The blind arena: rounds and battles (`rounds`), the vote store (`store`), ratings (`ratings`)."""
