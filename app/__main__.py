@@ -1,4 +1,4 @@
-"""Start Adapter Arena: settings -> model server -> Gradio app on http://127.0.0.1:7860.
+"""Start Adapter Arena: flags -> settings -> start_local_server -> build_app -> launch on http://127.0.0.1:7860.
 
     python -m app                                  # start vLLM on the embedded model, then the UI
     python -m app --vllm-url http://gpu-box:8000/v1  # use a running vLLM server instead (no local model needed)
@@ -14,9 +14,10 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from app.config import ConfigError, ModelSettings, Settings, load_settings
+from app.arena.store import StoreError
+from app.config import ConfigError, Settings, load_settings
 from app.serving.client import ServingClient, ServingError, server_is_up
-from app.serving.process import VLLMServer
+from app.serving.process import start_local_server
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,14 +44,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
-def ensure_model(settings: Settings) -> None:
-    """Convert the embedded default model on first use; other paths are vLLM's business (folder or hub id)."""
-    if settings.model.path == ModelSettings().path:
-        from app.model_prep import prepare
-
-        prepare(Path(settings.model.path))
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(parse_args(argv))
@@ -62,34 +55,24 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with ExitStack() as stack:
-        server = None
-        if settings.vllm.url:
-            if not server_is_up(settings.vllm.base_url, settings.vllm.api_key):
-                print(f"warning: no vLLM server answers at {settings.vllm.base_url} yet", file=sys.stderr)
-        else:
-            ensure_model(settings)
-            from app.adapters import servable_adapters
-
-            adapters, warnings = servable_adapters(settings)
-            for warning in warnings:
-                print(f"warning: {warning}", file=sys.stderr)
-            server = stack.enter_context(VLLMServer(settings, adapters=adapters))
+        try:
+            server = None if settings.vllm.url else stack.enter_context(start_local_server(settings))
+        except ServingError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        if server is None and not server_is_up(settings.vllm.base_url, settings.vllm.api_key):
+            print(f"warning: no vLLM server answers at {settings.vllm.base_url} yet", file=sys.stderr)
         from app.rag import RAGStore, build_indexes  # heavy imports: once the server is on its way
 
         rag = RAGStore(settings)
         build_indexes(rag)  # RAG indexes, reused when up to date; built while vLLM starts
-        if server is not None:
-            try:
-                server.wait_ready()
-            except ServingError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 1
-        from app.arena.store import StoreError
-        from app.ui import build_app  # gradio is slow to import: only once the server is on its way
-
         try:
+            if server is not None:
+                server.wait_ready()
+            from app.ui import build_app  # gradio is slow to import: only once the server is on its way
+
             demo = build_app(settings, ServingClient.from_settings(settings), rag)
-        except StoreError as exc:  # e.g. arena.database_url names a database that cannot be reached
+        except (ServingError, StoreError) as exc:  # e.g. arena.database_url names a database that cannot be reached
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"Adapter Arena on http://{settings.ui.host}:{settings.ui.port}", file=sys.stderr)

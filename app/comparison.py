@@ -11,15 +11,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.playground import PanelAnswer
-from app.scoring import AnswerScores
+from app.scoring.judge import AnswerScores
+from app.setups import Setup
 
 
 def panel_record(
-    setup: Mapping[str, Any], answer: PanelAnswer, scores: AnswerScores | None, prices: tuple[float, float]
+    setup: Setup | None, answer: PanelAnswer, scores: AnswerScores | None, prices: tuple[float, float]
 ) -> dict[str, Any]:
-    """One panel: its setup as the user set it, the answer (or error), speed, tokens, cost and scores."""
+    """One panel: its Setup (None when the panel's values were not valid), the answer (or error), speed, tokens, cost
+    and scores."""
     return {
-        "setup": dict(setup),
+        "setup": {**setup.record(), "label": setup.label, "spec": setup.spec} if setup else {"label": "invalid panel"},
         "answer": answer.text,
         "error": answer.error,
         "metrics": {

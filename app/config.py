@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 CONFIG_ENV = "ARENA_CONFIG"
 DEFAULT_CONFIG_FILE = Path("config.yaml")
@@ -71,6 +71,7 @@ class UISettings(_Section):
     host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 exposes the app to the network")
     port: int = Field(7860, ge=1, le=65535)
     panels: int = Field(2, ge=2, le=4, description="answer panels shown at start")
+    default_domain: str | None = Field(None, description="domain the Compare and Arena tabs open on (default: first)")
     max_tokens: int = Field(256, ge=1, le=8192, description="default answer length per panel")
     request_timeout_s: float = Field(120.0, gt=0)
     # Cost estimate under each answer: what a hosted API would charge, in USD per million tokens (in / out).
@@ -95,7 +96,7 @@ class ArenaSettings(_Section):
 
 
 class Settings(BaseSettings):
-    """All settings. Build it with `load_settings`, not directly."""
+    """All settings. Build it with `load_settings`, which names the YAML file; not directly."""
 
     model_config = SettingsConfigDict(env_prefix="ARENA_", env_nested_delimiter="__", extra="forbid")
 
@@ -114,64 +115,65 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # init (CLI flags and the YAML file, merged by load_settings) < env: env must win over the file, so the
-        # file goes in through init and the flags are applied afterwards in load_settings.
-        return env_settings, init_settings
+        # Highest first: command-line flags (passed as init values), then ARENA_* variables, then the YAML file.
+        return init_settings, env_settings, YamlConfigSettingsSource(settings_cls)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (model, vllm, ...), got {type(data).__name__}")
-    return data
+def config_path(config_file: Path | str | None = None) -> Path | None:
+    """The settings file to read: the one named (by flag or ARENA_CONFIG), else ./config.yaml if it exists."""
+    explicit = config_file or os.environ.get(CONFIG_ENV)
+    if explicit:
+        if not Path(explicit).is_file():
+            raise ConfigError(f"{explicit}: config file not found")
+        return Path(explicit)
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
 
 
-def _describe(error: dict[str, Any], origin: str) -> str:
+def _nested(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{"vllm.url": x} -> {"vllm": {"url": x}}; unset flags (None) are left out."""
+    sections: dict[str, dict[str, Any]] = {}
+    for dotted, value in overrides.items():
+        if value is not None:
+            section, _, key = dotted.partition(".")
+            sections.setdefault(section, {})[key] = value
+    return sections
+
+
+def _origin(key: str, flags: dict[str, Any], path: Path | None) -> str:
+    """Which source set `key` ("vllm.port"): the flag wins over the environment, which wins over the file."""
+    if flags.get(key) is not None:
+        return "command line"
+    if f"{Settings.model_config['env_prefix']}{key.replace('.', '__')}".upper() in {k.upper() for k in os.environ}:
+        return "ARENA_* environment"
+    return str(path) if path else "ARENA_* environment"
+
+
+def _describe(error: Any, flags: dict[str, Any], path: Path | None) -> str:
     key = ".".join(str(part) for part in error["loc"])
+    origin = _origin(key, flags, path)
     if error["type"] == "extra_forbidden":
         return f"{origin}: unknown key '{key}'"
     message = error["msg"][:1].lower() + error["msg"][1:]
     return f"{origin}: {key}: {message} (got {error['input']!r})"
 
 
-def _apply_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
-    """Apply dotted overrides ("vllm.url") section by section; sections are plain models, so env is not re-read."""
-    sections: dict[str, dict[str, Any]] = {}
-    for dotted, value in overrides.items():
-        if value is not None:
-            section, _, key = dotted.partition(".")
-            sections.setdefault(section, {})[key] = value
-    updates, problems = {}, []
-    for name, values in sections.items():
-        current = getattr(settings, name)
-        try:
-            updates[name] = type(current).model_validate({**current.model_dump(), **values})
-        except ValidationError as exc:
-            problems += [_describe({**err, "loc": (name, *err["loc"])}, "command line") for err in exc.errors()]
-    if problems:
-        raise ConfigError("; ".join(problems))
-    return settings.model_copy(update=updates)
-
-
 def load_settings(config_file: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Merge defaults < YAML file < environment < `overrides` (dotted keys like "vllm.url" from CLI flags)."""
-    explicit = config_file or os.environ.get(CONFIG_ENV)
-    path = Path(explicit) if explicit else DEFAULT_CONFIG_FILE
-    if explicit and not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    file_data = _read_yaml(path) if path.is_file() else {}
-    origin = f"{path}, ARENA_* environment" if path.is_file() else "ARENA_* environment"
+    path = config_path(config_file)
+    flags = {key: value for key, value in (overrides or {}).items() if value is not None}
+
+    class FromFile(Settings):  # pydantic-settings reads the YAML file named in the class's model_config
+        model_config = SettingsConfigDict(yaml_file=path)
+
     try:
-        settings = Settings(**file_data)
+        return FromFile(**_nested(flags))
     except ValidationError as exc:
-        raise ConfigError("; ".join(_describe(err, origin) for err in exc.errors())) from None
-    return _apply_overrides(settings, overrides or {})
+        raise ConfigError("; ".join(_describe(err, flags, path) for err in exc.errors())) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    except (TypeError, ValueError) as exc:  # the file holds a list or a scalar, not sections
+        raise ConfigError(f"{path}: expected a mapping of sections (model, vllm, ...): {exc}") from exc

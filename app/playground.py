@@ -1,9 +1,10 @@
-"""Playground core: answer one question in several panels at once, each with its own model, prompt and RAG setting.
+"""Playground: answer one question with several setups at once — the one path from a Setup to streamed tokens.
 
-`answer_panels` runs every panel concurrently (vLLM batches their requests) and yields the state of all panels
-after each change, so a UI can show them streaming side by side. A panel that fails (unknown adapter, empty
-knowledge base, dead server) ends with an error in its own state and never stops the others. Closing the iterator
-(a Stop button) cancels every panel, which closes their HTTP streams, which makes vLLM abort the requests.
+`Playground.answer` runs every setup concurrently (vLLM batches their requests) and yields the state of all answers
+after each change, so a UI can show them streaming side by side; the Compare and Arena tabs and the batch eval all
+answer through it. An answer that fails (unknown adapter, empty knowledge base, dead server) ends with an error in
+its own state and never stops the others. Closing the iterator (a Stop button) cancels every answer, which closes
+their HTTP streams, which makes vLLM abort the requests. The base model is the one the server lists.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from app.configuration import PanelConfig
+from app.content import Persona
 from app.prompts import build_messages, build_rag_messages
 from app.rag import Citation, RAGError, RAGStore
 from app.serving.client import ServingClient, ServingError
+from app.setups import Setup
 
 log = logging.getLogger(__name__)
 
@@ -50,83 +52,107 @@ class PanelAnswer:
         return (self.prompt_tokens * price_in_per_mtok + self.completion_tokens * price_out_per_mtok) / 1000
 
 
-async def answer_panel(
-    client: ServingClient, rag: RAGStore, config: PanelConfig, history: Sequence[dict[str, Any]], question: str
-) -> AsyncIterator[PanelAnswer]:
-    """Stream one panel's answer: retrieve (if RAG is on), build the messages, stream tokens; errors end the panel."""
-    started = time.monotonic()
-    answer = PanelAnswer()
-    if not config.model:
-        yield replace(answer, error="no model selected: is the server up? Pick a model for this panel.", done=True)
-        return
-    if config.kb:
-        try:  # embedding + search are CPU-bound: a worker thread keeps the other panels streaming
-            citations = await asyncio.to_thread(rag.retrieve, config.kb, question)
-        except RAGError as exc:
-            yield replace(answer, error=f"RAG: {exc}", done=True)
-            return
-        answer = replace(answer, citations=citations)
-        yield answer
-        messages = build_rag_messages(config.system_prompt, history, question, citations)
-    else:
-        messages = build_messages(config.system_prompt, history, question)
-    try:
-        async for delta in client.stream_chat(
-            config.model,
-            messages,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_tokens=config.max_tokens,
-            seed=config.seed,
-        ):
-            now = time.monotonic() - started
-            if delta.text:
-                answer = replace(
-                    answer,
-                    text=answer.text + delta.text,
-                    first_token_s=answer.first_token_s if answer.first_token_s is not None else now,
-                    elapsed_s=now,
-                )
-            else:
-                answer = replace(answer, prompt_tokens=delta.prompt_tokens, completion_tokens=delta.completion_tokens)
-            yield answer
-    except ServingError as exc:
-        answer = replace(answer, error=str(exc))
-    yield replace(answer, done=True, elapsed_s=time.monotonic() - started)
+@dataclass
+class Playground:
+    """Answers questions with Setups through one model server and the knowledge bases; one per app."""
 
+    client: ServingClient
+    rag: RAGStore
+    personas: Mapping[str, Persona]
 
-async def answer_panels(
-    client: ServingClient,
-    rag: RAGStore,
-    configs: Sequence[PanelConfig],
-    histories: Sequence[Sequence[dict[str, Any]]],
-    question: str,
-) -> AsyncIterator[list[PanelAnswer]]:
-    """Run all panels concurrently; after each change yield every panel's current answer (same order as configs)."""
-    answers = [PanelAnswer() for _ in configs]
-    updates: asyncio.Queue[tuple[int, PanelAnswer | None]] = asyncio.Queue()
+    async def base_model(self) -> str:
+        """The base model's id as the server lists it (an external server may not call it `base`)."""
+        models = await self.client.list_models()
+        base = next((model.id for model in models if not model.is_adapter), None)
+        if base is None:
+            raise ServingError(f"the server at {self.client.base_url} lists no base model")
+        return base
 
-    async def pump(index: int) -> None:
+    async def answer_one(
+        self, setup: Setup, history: Sequence[dict[str, Any]], question: str, base_model: str
+    ) -> AsyncIterator[PanelAnswer]:
+        """Stream one answer: retrieve (if RAG is on), build the messages, stream tokens; errors end the answer."""
+        started = time.monotonic()
+        answer = PanelAnswer()
         try:
-            async for answer in answer_panel(client, rag, configs[index], histories[index], question):
-                await updates.put((index, answer))
-        except Exception as exc:  # a bug in one panel must not take the others down
-            log.exception("panel %d failed", index)
-            await updates.put((index, replace(answers[index], error=f"internal error: {exc}", done=True)))
-        finally:
-            await updates.put((index, None))
+            system = setup.system_text(self.personas)
+        except ValueError as exc:
+            yield replace(answer, error=str(exc), done=True)
+            return
+        if setup.rag:
+            try:  # embedding + search are CPU-bound: a worker thread keeps the other answers streaming
+                citations = await asyncio.to_thread(self.rag.retrieve, setup.rag, question)
+            except RAGError as exc:
+                yield replace(answer, error=f"RAG: {exc}", done=True)
+                return
+            answer = replace(answer, citations=citations)
+            yield answer
+            messages = build_rag_messages(system, history, question, citations)
+        else:
+            messages = build_messages(system, history, question)
+        try:
+            async for delta in self.client.stream_chat(
+                setup.adapter or base_model,
+                messages,
+                temperature=setup.temperature,
+                top_p=setup.top_p,
+                max_tokens=setup.max_tokens,
+                seed=setup.seed,
+            ):
+                now = time.monotonic() - started
+                if delta.text:
+                    answer = replace(
+                        answer,
+                        text=answer.text + delta.text,
+                        first_token_s=answer.first_token_s if answer.first_token_s is not None else now,
+                        elapsed_s=now,
+                    )
+                else:
+                    answer = replace(
+                        answer, prompt_tokens=delta.prompt_tokens, completion_tokens=delta.completion_tokens
+                    )
+                yield answer
+        except ServingError as exc:
+            answer = replace(answer, error=str(exc))
+        yield replace(answer, done=True, elapsed_s=time.monotonic() - started)
 
-    tasks = [asyncio.create_task(pump(index)) for index in range(len(configs))]
-    try:
-        running = len(tasks)
-        while running:
-            index, answer = await updates.get()
-            if answer is None:
-                running -= 1
-                continue
-            answers[index] = answer
-            yield list(answers)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def answer(
+        self, setups: Sequence[Setup], histories: Sequence[Sequence[dict[str, Any]]], question: str
+    ) -> AsyncIterator[list[PanelAnswer]]:
+        """Run all setups concurrently; after each change yield every current answer (same order as `setups`)."""
+        answers = [PanelAnswer() for _ in setups]
+        base, base_error = "", None
+        if any(setup.adapter is None for setup in setups):
+            try:
+                base = await self.base_model()
+            except ServingError as exc:
+                base_error = str(exc)
+        updates: asyncio.Queue[tuple[int, PanelAnswer | None]] = asyncio.Queue()
+
+        async def pump(index: int) -> None:
+            try:
+                if base_error and setups[index].adapter is None:
+                    await updates.put((index, PanelAnswer(error=base_error, done=True)))
+                    return
+                async for answer in self.answer_one(setups[index], histories[index], question, base):
+                    await updates.put((index, answer))
+            except Exception as exc:  # a bug in one answer must not take the others down
+                log.exception("panel %d failed", index)
+                await updates.put((index, replace(answers[index], error=f"internal error: {exc}", done=True)))
+            finally:
+                await updates.put((index, None))
+
+        tasks = [asyncio.create_task(pump(index)) for index in range(len(setups))]
+        try:
+            running = len(tasks)
+            while running:
+                index, answer = await updates.get()
+                if answer is None:
+                    running -= 1
+                    continue
+                answers[index] = answer
+                yield list(answers)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

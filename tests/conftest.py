@@ -1,21 +1,25 @@
-"""Shared fixtures: a real vLLM server on a free loopback port (once per session), its settings, and the whole
-Gradio app on it (once per test module) with a gradio_client to drive it."""
+"""Shared fixtures: a real vLLM server on a free loopback port (once per session), its settings, the whole Gradio app
+on it (once per test module) with a fresh gradio_client session per test, and the same app on a scripted
+OpenAI-compatible server (tests/fake_openai.py) for deterministic UI tests."""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
 import pytest
 from gradio_client import Client
 
+from app.arena.store import VoteStore
 from app.config import Settings, load_settings
 from app.model_prep import DEFAULT_OUT, prepare
 from app.serving.client import ServingClient
 from app.serving.process import VLLMServer
 from app.ui import build_app
+from tests.fake_openai import FakeOpenAI
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,13 +69,41 @@ def vllm_server(server_settings: Settings) -> Iterator[VLLMServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def ui_client(vllm_server: VLLMServer, server_settings: Settings) -> Iterator[Client]:
-    """The whole app (every tab) on a free port, wired to the session's vLLM server."""
-    demo: gr.Blocks = build_app(server_settings, ServingClient(vllm_server.base_url))
+@contextmanager
+def launched(demo: gr.Blocks) -> Iterator[str]:
+    """`demo` served on a free loopback port; yields its URL."""
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+        yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(vllm_server: VLLMServer, server_settings: Settings) -> Iterator[str]:
+    """The whole app (every tab) on a free port, wired to the session's vLLM server."""
+    with launched(build_app(server_settings, ServingClient(vllm_server.base_url))) as url:
+        yield url
+
+
+@pytest.fixture
+def ui_client(app_url: str) -> Client:
+    """A new browser session on the app: its own Gradio State (conversations, arena round)."""
+    return Client(app_url, verbose=False)
+
+
+@pytest.fixture
+def fake_server() -> Iterator[FakeOpenAI]:
+    """A scripted OpenAI-compatible server serving `base` and the adapter `support`."""
+    with FakeOpenAI(adapters=["support"]) as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_app(fake_server: FakeOpenAI, server_settings: Settings, tmp_path: Path) -> Iterator[str]:
+    """The whole app on the scripted server (votes in a temporary database); yields its URL."""
+    with VoteStore.in_folder(tmp_path) as store:
+        demo = build_app(server_settings, ServingClient(fake_server.base_url, timeout_s=10), store=store)
+        with launched(demo) as url:
+            yield url

@@ -21,8 +21,10 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
-from app import adapters
-from app.adapters import AdapterError, validate_adapter
+from app.adapters import manage
+from app.adapters import validate as adapters
+from app.adapters.__main__ import main as adapters_main
+from app.adapters.validate import AdapterError, validate_adapter
 from app.config import Settings
 from app.serving.client import ServingClient, ServingError
 from app.serving.process import VLLMServer
@@ -229,20 +231,20 @@ async def answer(client: ServingClient, model: str) -> str:
 
 
 async def test_load_answer_unload(client: ServingClient, server_settings: Settings, data_adapters: Path) -> None:
-    info = await adapters.load(client, server_settings, "alpha-live", data_adapters / "alpha")
+    info = await manage.load(client, server_settings, "alpha-live", data_adapters / "alpha")
     assert info.rank == RANK
     models = {m.id: m for m in await client.list_models()}
     assert models["alpha-live"].parent == "base"
     assert models["alpha-live"].root == str((data_adapters / "alpha").resolve())
     base_text, adapter_text = await answer(client, "base"), await answer(client, "alpha-live")
     assert adapter_text.strip() and adapter_text != base_text, "a random LoRA must change the answer at temperature 0"
-    rows = {row[0]: row for row in await adapters.table(client)}
+    rows = {row[0]: row for row in await manage.table(client)}
     assert rows["alpha-live"][1:4] == ["adapter", "base", str(RANK)] and rows["alpha-live"][5].endswith("alpha")
     assert rows["base"][1] == "base model"
 
     with pytest.raises(AdapterError, match="the server already has a model named 'alpha-live'"):
-        await adapters.load(client, server_settings, "alpha-live", data_adapters / "beta")
-    await adapters.unload(client, "alpha-live")
+        await manage.load(client, server_settings, "alpha-live", data_adapters / "beta")
+    await manage.unload(client, "alpha-live")
     assert [m.id for m in await client.list_models()] == ["base"]
     with pytest.raises(ServingError, match="model 'alpha-live': server said 404"):
         await answer(client, "alpha-live")
@@ -250,9 +252,9 @@ async def test_load_answer_unload(client: ServingClient, server_settings: Settin
 
 async def test_unload_refusals(client: ServingClient) -> None:
     with pytest.raises(AdapterError, match=r"no adapter named 'nope' is loaded \(loaded adapters: none\)"):
-        await adapters.unload(client, "nope")
+        await manage.unload(client, "nope")
     with pytest.raises(AdapterError, match="'base' is the base model; only adapters can be unloaded"):
-        await adapters.unload(client, "base")
+        await manage.unload(client, "base")
 
 
 async def test_refused_load_leaves_nothing_behind(
@@ -261,17 +263,17 @@ async def test_refused_load_leaves_nothing_behind(
     # Our check is told the limit is 64, so only vLLM (started with 16) refuses the rank-32 adapter.
     lenient = server_settings.model_copy(update={"vllm": server_settings.vllm.model_copy(update={"max_lora_rank": 64})})
     with pytest.raises(AdapterError, match=r"vLLM refused adapter 'wide' from .*wide: cannot load adapter 'wide'"):
-        await adapters.load(client, lenient, "wide", data_adapters / "wide")
+        await manage.load(client, lenient, "wide", data_adapters / "wide")
     assert [m.id for m in await client.list_models()] == ["base"]
     with pytest.raises(AdapterError, match="LoRA rank 32 is above the server's maximum 16"):
-        await adapters.load(client, server_settings, "wide", data_adapters / "wide")
+        await manage.load(client, server_settings, "wide", data_adapters / "wide")
 
 
 async def test_linear_merge_follows_peft_and_loads(
     client: ServingClient, server_settings: Settings, data_adapters: Path
 ) -> None:
-    parents = adapters.parse_parents(["alpha=0.7, beta=0.3"])
-    info = await adapters.merge_and_load(client, server_settings, parents, "alpha-beta")
+    parents = manage.parse_parents(["alpha=0.7, beta=0.3"])
+    info = await manage.merge_and_load(client, server_settings, parents, "alpha-beta")
     assert info.path == (data_adapters / "alpha-beta").resolve()
     models = {m.id: m for m in await client.list_models()}
     assert models["alpha-beta"].parent == "base"
@@ -305,10 +307,10 @@ def test_merge_refusals(server_settings: Settings, data_adapters: Path) -> None:
     ]
     for specs, combination, density, message in cases:
         with pytest.raises(AdapterError, match=message):
-            parents = adapters.parse_parents(specs)
-            adapters.merge_adapters(server_settings, parents, "x", combination=combination, density=density)
+            parents = manage.parse_parents(specs)
+            manage.merge_adapters(server_settings, parents, "x", combination=combination, density=density)
     with pytest.raises(AdapterError, match="write each parent as NAME=WEIGHT"):
-        adapters.parse_parents(["alpha:0.5"])
+        manage.parse_parents(["alpha:0.5"])
 
 
 def test_cli(
@@ -323,21 +325,21 @@ def test_cli(
     monkeypatch.setenv("ARENA_PATHS__ADAPTERS", str(server_settings.paths.adapters))
     monkeypatch.setenv("ARENA_MODEL__PATH", server_settings.model.path)
     try:
-        assert adapters.main(["validate", str(data_adapters / "beta")]) == 0
+        assert adapters_main(["validate", str(data_adapters / "beta")]) == 0
         assert "OK: beta at" in capsys.readouterr().out
-        assert adapters.main(["load", "beta-cli", str(data_adapters / "beta")]) == 0
-        assert adapters.main(["list"]) == 0
+        assert adapters_main(["load", "beta-cli", str(data_adapters / "beta")]) == 0
+        assert adapters_main(["list"]) == 0
         out = capsys.readouterr().out
         assert "loaded 'beta-cli'" in out and any(line.split()[:3] == ["beta-cli", "adapter", "base"]
                                                   for line in out.splitlines())  # fmt: skip
         merge = ["merge", "ties-mix", "alpha=0.6", "beta=0.4", "--combination", "ties", "--density", "0.5", "--no-load"]
-        assert adapters.main(merge) == 0
+        assert adapters_main(merge) == 0
         card = (data_adapters / "ties-mix" / "README.md").read_text()
         assert "combination type: `ties`" in card and "density: 0.5" in card
-        assert adapters.main(["unload", "beta-cli"]) == 0
-        assert adapters.main(["unload", "beta-cli"]) == 1
+        assert adapters_main(["unload", "beta-cli"]) == 0
+        assert adapters_main(["unload", "beta-cli"]) == 1
         assert "error: no adapter named 'beta-cli' is loaded" in capsys.readouterr().err
-        assert adapters.main(["load", "escape", str(data_adapters / ".." / "..")]) == 1
+        assert adapters_main(["load", "escape", str(data_adapters / ".." / "..")]) == 1
         assert "outside the adapter folders" in capsys.readouterr().err
     finally:
         shutil.rmtree(data_adapters / "ties-mix", ignore_errors=True)

@@ -91,7 +91,7 @@ def running_app(args: list[str], env: dict[str, str], log: Path) -> Iterator[App
 
 def ask(ui_port: int) -> str:
     """Send one question to both panels (base model, no RAG); return the first panel's answer."""
-    panel = ["base", [], "none", "", 0.0, 1.0, 16, None, False, None]  # see tests/test_ui.py: panel()
+    panel = ["base", "none", "", 0.0, 1.0, 16, None, False, None]  # see tests/test_ui.py: panel()
     chat, *_ = Client(f"http://127.0.0.1:{ui_port}/", verbose=False).predict(
         "Say hello.", "support", 2, *panel * 4, api_name="/answer_all"
     )

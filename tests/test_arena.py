@@ -25,15 +25,15 @@ from app.arena.rounds import (
     write_preferences,
 )
 from app.arena.store import Vote, VoteStore, sqlite_url
-from app.configuration import Configuration
+from app.setups import Setup
 
-LEGAL_FULL = Configuration(adapter="legal", persona="legal", rag="legal")
-BASE = Configuration()
-PERSONA_ONLY = Configuration(persona="legal")
-POOL = [LEGAL_FULL, BASE, PERSONA_ONLY, Configuration(adapter="legal"), Configuration(rag="legal")]
+LEGAL_FULL = Setup(adapter="legal", persona="legal", rag="legal")
+BASE = Setup()
+PERSONA_ONLY = Setup(persona="legal")
+POOL = [LEGAL_FULL, BASE, PERSONA_ONLY, Setup(adapter="legal"), Setup(rag="legal")]
 
 
-def make_vote(a: Configuration, b: Configuration, outcome: str, number: int = 1, **changes: Any) -> Vote:
+def make_vote(a: Setup, b: Setup, outcome: str, number: int = 1, **changes: Any) -> Vote:
     return Vote(
         **{
             "id": number,
@@ -55,19 +55,17 @@ def test_labels() -> None:
     assert LEGAL_FULL.label == "legal adapter + legal persona + RAG(legal)"
     assert BASE.label == "base model"
     assert PERSONA_ONLY.label == "base model + legal persona"
-    assert (
-        Configuration(adapter="medical", temperature=0.2, max_tokens=128).label == "medical adapter (T=0.2, 128 tokens)"
-    )
+    assert Setup(adapter="medical", temperature=0.2, max_tokens=128).label == "medical adapter (T=0.2, 128 tokens)"
     assert len({config.label for config in POOL}) == len(POOL)
     assert config_label(LEGAL_FULL.model_dump()) == LEGAL_FULL.label
-    assert Configuration.model_validate(json.loads(json.dumps(LEGAL_FULL.model_dump()))) == LEGAL_FULL
+    assert Setup.model_validate(json.loads(json.dumps(LEGAL_FULL.model_dump()))) == LEGAL_FULL
 
 
 def test_config_validation() -> None:
     with pytest.raises(ValidationError):
-        Configuration(adapter="../etc")
+        Setup(adapter="../etc")
     with pytest.raises(ValidationError):
-        Configuration(temperature=5)
+        Setup(temperature=5)
     with pytest.raises(ArenaError, match="not an arena configuration"):
         config_label({"model": "legal"})
 
@@ -92,7 +90,7 @@ def test_draw_pair_needs_two_different_configs() -> None:
     rng = random.Random(0)
     assert set(draw_pair([BASE, BASE, BASE, LEGAL_FULL], rng)) == {BASE, LEGAL_FULL}
     with pytest.raises(ArenaError, match="at least two different configurations"):
-        draw_pair([BASE, Configuration()], rng)
+        draw_pair([BASE, Setup()], rng)
     with pytest.raises(ArenaError, match="at least two different configurations"):
         draw_pair([], rng)
 

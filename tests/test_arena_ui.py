@@ -7,7 +7,6 @@ stay inside the panels.
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from collections.abc import Iterator
@@ -24,17 +23,19 @@ from app.arena.ratings import vote_counts
 from app.arena.rounds import battles
 from app.arena.store import VoteStore, sqlite_url
 from app.config import Settings
-from app.configuration import Configuration
-from app.content import load_persona
+from app.content import Domain, load_persona
+from app.inert import inert_markdown
 from app.prompts import message_text
 from app.serving.client import ServingClient
 from app.serving.process import VLLMServer
+from app.setups import Setup
 from app.ui import build_app
 from tests.conftest import free_port
 
 DOMAIN = "support"
 POOL = ["base", "base+persona", "base+persona+rag"]  # every configuration the base-only server can run
-PLAYED = {Configuration.for_domain(spec, DOMAIN, temperature=0.0, max_tokens=32).label for spec in POOL}
+SUPPORT = Domain(name=DOMAIN, persona=DOMAIN, adapter=DOMAIN, knowledge_base=DOMAIN)
+PLAYED = {Setup.parse(spec, SUPPORT, temperature=0.0, max_tokens=32).label for spec in POOL}
 
 
 @dataclass
@@ -84,7 +85,7 @@ def test_domain_offers_its_pool_and_examples(arena: Arena) -> None:
         ["base model + support persona + RAG(support)", "base+persona+rag"],
     ]
     assert pool["value"] == ["base+persona", "base+persona+rag"], "default pool; no adapter served, none offered"
-    assert len(examples["choices"]) == 5
+    assert len(examples["choices"]) == 6, "the domain's example questions, the same as in Compare"
     assert examples["choices"][0][0].startswith("I'm thinking about switching to Acme"), "from evals/support.jsonl"
 
 
@@ -97,7 +98,7 @@ def test_round_hides_identities_until_the_vote(arena: Arena) -> None:
     assert job.outputs()[0][2:4] == ("", ""), "the round starts by clearing the last reveal"
     assert answer_of(chat_a).strip() and answer_of(chat_b).strip()
     assert "⚠️" not in answer_of(chat_a) + answer_of(chat_b)
-    assert message_text(chat_a[0]["content"]) == html.escape(prompt, quote=False), "the prompt is shown escaped"
+    assert message_text(chat_a[0]["content"]) == inert_markdown(prompt), "the prompt is shown inert"
     assert "Which one is better" in message
     shown = json.dumps(job.outputs())
     assert "32 tokens)" not in shown and "persona" not in shown, "no configuration label before the vote"
@@ -111,8 +112,8 @@ def test_round_hides_identities_until_the_vote(arena: Arena) -> None:
     assert len(votes) == before + 1
     vote = votes[-1]
     assert (vote.outcome, vote.domain, vote.prompt) == ("a", DOMAIN, prompt), "the raw prompt is stored"
-    assert [Configuration.model_validate(c).label for c in (vote.config_a, vote.config_b)] == revealed
-    assert vote.answer_a == html.unescape(answer_of(chat_a)) and vote.answer_b == html.unescape(answer_of(chat_b))
+    assert [Setup.model_validate(c).label for c in (vote.config_a, vote.config_b)] == revealed
+    assert inert_markdown(vote.answer_a) == answer_of(chat_a) and inert_markdown(vote.answer_b) == answer_of(chat_b)
     assert vote.session_id and vote.latency_a_s and vote.latency_b_s and not vote.errored
 
     with pytest.raises(AppError, match="already voted on this round"):

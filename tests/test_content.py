@@ -9,7 +9,7 @@ import pytest
 from rapidfuzz import fuzz
 
 from app.content import Content, EvalItem, load_content, load_jsonl, load_kb_domain, load_persona, word_count
-from app.scoring import contains_term, forbidden_hits, reading_grade, voice_checks
+from app.scoring.checks import contains_term, forbidden_hits, reading_grade, voice_checks
 
 DOMAINS = ["legal", "medical", "finance", "support"]
 
@@ -54,7 +54,19 @@ def content() -> Content:
 def test_everything_loads_without_problems(content: Content) -> None:
     assert not content.problems, "\n".join(map(str, content.problems))
     assert set(content.personas) == {*DOMAINS, "generic"}
-    assert content.domains == sorted(DOMAINS)
+    assert list(content.domains) == sorted(DOMAINS)
+
+
+@pytest.mark.parametrize(
+    ("domain", "changes_often", "voice"),
+    [("legal", False, False), ("medical", False, False), ("finance", False, False), ("support", True, True)],
+)
+def test_domain_policy_comes_from_the_persona_files(content: Content, domain: str, changes_often: bool,
+                                                    voice: bool) -> None:  # fmt: skip
+    policy = content.domains[domain]
+    assert (policy.persona, policy.adapter, policy.knowledge_base) == (domain, domain, domain)
+    assert (policy.facts_change_often, policy.brand_voice) == (changes_often, voice), "as personas/<domain>.yaml says"
+    assert policy.examples == [item.question for item in content.evals[domain][:6]], "default: the first eval questions"
 
 
 @pytest.mark.parametrize("domain", DOMAINS)

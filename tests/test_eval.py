@@ -17,28 +17,18 @@ from typing import Any
 import pytest
 from gradio_client import Client
 
-from app import report
+from app import model_cards
 from app.config import Settings, load_settings
-from app.configuration import Configuration
-from app.content import EvalItem
-from app.eval import (
-    AnswerCache,
-    EvalError,
-    EvalRun,
-    Job,
-    answer_versions,
-    cache_key,
-    decide_verdict,
-    load_questions,
-    main,
-    parse_specs,
-    summarize,
-    write_outputs,
-)
+from app.content import Domain, EvalItem
+from app.eval import report
+from app.eval.cli import main, write_outputs
+from app.eval.run import AnswerCache, EvalError, EvalRun, Job, answer_versions, cache_key, load_questions
+from app.eval.verdict import SummaryRow, decide_verdict, summarize
 from app.playground import PanelAnswer
 from app.rag import Citation, RAGStore
 from app.serving.client import ModelInfo, ServingClient
 from app.serving.process import VLLMServer
+from app.setups import Setup
 from tests.conftest import REPO, free_port
 
 RATES = ("terminology_accuracy", "hallucination_rate", "groundedness", "style_score")
@@ -49,16 +39,23 @@ EVIL = "<script>alert(1)</script>"
 # --- the verdict ------------------------------------------------------------------------------------------------------
 
 
+def policy(domain: str) -> Domain:
+    """A shipped domain's policy as its persona file states it (adapter, persona and KB named after it)."""
+    return Domain(name=domain, persona=domain, adapter=domain, knowledge_base=domain,
+                  facts_change_often=domain == "support", brand_voice=domain == "support")  # fmt: skip
+
+
 def row(spec: str, terminology: float, hallucination: float, *, style: float | None = None, tokens_in: float = 200,
-        domain: str = "legal") -> dict[str, Any]:  # fmt: skip
+        domain: str = "legal") -> SummaryRow:  # fmt: skip
     """A summary row whose quality is the mean of `terminology`, 1 - `hallucination` (and `style`)."""
-    config = Configuration.for_domain(spec, domain)
-    return {
-        "domain": domain, "model": config.adapter or "base", "persona": bool(config.persona), "rag": bool(config.rag),
-        "spec": spec, "terminology_accuracy": terminology, "hallucination_rate": hallucination,
-        "groundedness": 0.5 if config.rag else None, "style_score": style, "latency_s": 2.0, "n": 10,
-        "tokens_in": tokens_in + 600 * bool(config.rag),
-    }  # fmt: skip
+    config = Setup.parse(spec, policy(domain))
+    return SummaryRow(
+        domain=domain, model=config.adapter or "base", persona=bool(config.persona), rag=bool(config.rag),
+        spec=spec, label=config.label, terminology_accuracy=terminology, hallucination_rate=hallucination,
+        groundedness=0.5 if config.rag else None, style_score=style, latency_s=2.0, n=10, errors=0,
+        forbidden_rate=0.0, unsupported_rate=hallucination, first_token_s=0.5,
+        tokens_in=tokens_in + 600 * bool(config.rag), tokens_out=50,
+    )  # fmt: skip
 
 
 PROMPT_ROW = row("base+persona", 0.5, 0.5)  # quality 0.5
@@ -90,33 +87,34 @@ PROMPT_ROW = row("base+persona", 0.5, 0.5)  # quality 0.5
 )  # fmt: skip
 def test_verdict_rules(rows: list[dict[str, Any]], volatile: bool, expected: str) -> None:
     decision = decide_verdict([PROMPT_ROW, row("base", 0.1, 0.9), *rows], volatile=volatile)
-    assert decision["verdict"] == expected, decision["reason"]
-    assert decision["reason"].endswith(".") and decision["margin"] == 0.05 and decision["volatile"] is volatile
-    assert decision["numbers"]["base+persona"]["quality"] == 0.5
-    assert set(decision["gains"]) == {r["spec"] for r in rows}
+    assert decision.verdict == expected, decision.reason
+    assert decision.reason.endswith(".") and decision.margin == 0.05 and decision.volatile is volatile
+    assert decision.numbers["base+persona"]["quality"] == 0.5
+    assert set(decision.gains) == {r.spec for r in rows}
 
 
 def test_verdict_margin_and_cost() -> None:
     rows = [PROMPT_ROW, row("adapter+persona", 0.8, 0.3), row("base+persona+rag", 0.7, 0.3)]
     decision = decide_verdict(rows)
-    assert decision["gains"] == {"adapter+persona": 0.25, "base+persona+rag": 0.2}
-    assert "600 fewer prompt tokens" in decision["reason"], "fine-tuning is favoured by the context it saves"
-    assert decide_verdict(rows, margin=0.3)["verdict"] == "prompt", "a wider margin makes the same gains noise"
+    assert decision.gains == {"adapter+persona": 0.25, "base+persona+rag": 0.2}
+    assert "600 fewer prompt tokens" in decision.reason, "fine-tuning is favoured by the context it saves"
+    assert decide_verdict(rows, margin=0.3).verdict == "prompt", "a wider margin makes the same gains noise"
     voice = [row("base+persona", 0.5, 0.5, style=0.4), row("adapter+persona", 0.5, 0.5, style=0.9),
              row("base+persona+rag", 0.5, 0.5, style=0.4)]  # fmt: skip
-    assert decide_verdict(voice)["verdict"] == "fine-tune", "brand voice alone can justify an adapter"
+    assert decide_verdict(voice).verdict == "fine-tune", "brand voice alone can justify an adapter"
 
 
 def test_verdict_needs_the_baseline() -> None:
-    decision = decide_verdict([row("adapter+persona", 0.9, 0.0), {**PROMPT_ROW, "n": 0}])
-    assert decision["verdict"] is None and "base+persona" in decision["reason"]
+    decision = decide_verdict([row("adapter+persona", 0.9, 0.0), PROMPT_ROW.model_copy(update={"n": 0})])
+    assert decision.verdict is None and "base+persona" in decision.reason
 
 
 # --- summary schema ---------------------------------------------------------------------------------------------------
 
 
 def assert_summary_schema(summary: Mapping[str, Any]) -> None:
-    assert set(summary) == {"rows", "verdict"}
+    """summary.json as docs/eval.md documents it."""
+    assert set(summary) == {"version", "rows", "verdict"} and summary["version"] == 2
     for r in summary["rows"]:
         assert set(r) >= ROW_KEYS, ROW_KEYS - set(r)
         assert r["model"] == "base" or r["model"] == r["domain"]
@@ -137,7 +135,7 @@ def assert_summary_schema(summary: Mapping[str, Any]) -> None:
 def record(domain: str, spec: str, number: int, *, error: str | None = None, answer: str = "An answer.",
            terminology: float = 0.5, hallucination: bool = False) -> dict[str, Any]:  # fmt: skip
     """A results.jsonl line as app.eval writes it."""
-    config = Configuration.for_domain(spec, domain, temperature=0.0)
+    config = Setup.parse(spec, policy(domain), temperature=0.0)
     scores = {
         "terminology": terminology, "forbidden": [], "unsupported": ["$60"] if hallucination else [],
         "hallucination": hallucination, "groundedness": 0.75 if config.rag else None,
@@ -145,7 +143,7 @@ def record(domain: str, spec: str, number: int, *, error: str | None = None, ans
         "style_score": 0.5 if domain == "support" else None, "glossary_terms": [], "misuses": [],
     }  # fmt: skip
     return {
-        "id": f"{domain}-{number}", "domain": domain, "config": config.model_dump(mode="json"), "spec": spec,
+        "id": f"{domain}-{number}", "domain": domain, "config": config.record(), "spec": spec,
         "label": config.label, "question": f"Question {number} {EVIL}?", "answer": answer, "error": error,
         "scores": None if error else scores, "sources": [], "latency_s": 1.5, "first_token_s": 0.2,
         "tokens_in": None if error else 100, "tokens_out": None if error else 50, "cached": False,
@@ -162,7 +160,7 @@ def results() -> list[dict[str, Any]]:
 
 
 def test_summary_rates_over_answered_items(results: list[dict[str, Any]]) -> None:
-    summary = summarize(results)
+    summary = summarize(results, volatile=["support"]).model_dump(mode="json")
     assert_summary_schema(summary)
     legal_base = next(r for r in summary["rows"] if r["domain"] == "legal" and r["spec"] == "base")
     assert legal_base["n"] == 2 and legal_base["errors"] == 1, "the error is counted apart, not as a 0"
@@ -188,7 +186,7 @@ class Tags(HTMLParser):
 
 
 def test_report_renders_charts_and_escapes(results: list[dict[str, Any]]) -> None:
-    summary = summarize(results)
+    summary = summarize(results, volatile=["support"])
     charts = report.render_charts(summary)
     assert set(charts) == {"chart-legal.png", "chart-support.png", "chart-latency.png"}
     assert all(png.startswith(b"\x89PNG") for png in charts.values())
@@ -201,8 +199,8 @@ def test_report_renders_charts_and_escapes(results: list[dict[str, Any]]) -> Non
     assert parser.tags.count("img") == 3 and "script" not in parser.tags
     assert "onerror" not in {name for name, _ in parser.attrs}
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x onerror" in page
-    for decision in summary["verdict"].values():
-        assert html.escape(decision["reason"]) in page
+    for decision in summary.verdict.values():
+        assert html.escape(decision.reason) in page
     markdown = report.render_markdown(summary, results, meta, charts, chart_prefix="results/")
     assert "<script>" not in markdown and "<img" not in markdown and "](http://evil" not in markdown
     assert "![legal: metrics per configuration](results/chart-legal.png)" in markdown
@@ -211,7 +209,7 @@ def test_report_renders_charts_and_escapes(results: list[dict[str, Any]]) -> Non
 
 
 def test_model_cards_get_the_adapter_table(results: list[dict[str, Any]], tmp_path: Path) -> None:
-    run = EvalRun(results, summarize(results))
+    run = EvalRun(results, summarize(results, volatile=["support"]))
     cards = tmp_path / "adapters"
     for domain in ("legal", "support", "medical"):
         (cards / domain).mkdir(parents=True)
@@ -224,23 +222,23 @@ def test_model_cards_get_the_adapter_table(results: list[dict[str, Any]], tmp_pa
     assert {cards / "legal/README.md", cards / "support/README.md", overview} <= set(written)
     legal = (cards / "legal" / "README.md").read_text()
     assert legal.startswith("# legal adapter\n\n## Data\n461 examples.\n"), "the rest of the card is kept"
-    assert legal.count(report.CARD_START) == 1 and legal.count("## Evaluation: adapter vs base model") == 1
+    assert legal.count(model_cards.CARD_START) == 1 and legal.count("## Evaluation: adapter vs base model") == 1
     assert "| base+persona | 0.50 | 0.00 | 0.50 | 0.50 | 1.50 | 2 |" in legal and "| adapter+persona |" in legal
     assert "brand-voice" not in legal and "brand-voice style" in (cards / "support" / "README.md").read_text()
     assert "Evaluation" not in (cards / "medical" / "README.md").read_text(), "medical was not measured"
     both = overview.read_text()
-    assert "### legal" in both and "### support" in both and both.count(report.CARD_END) == 1
+    assert "### legal" in both and "### support" in both and both.count(model_cards.CARD_END) == 1
 
 
 # --- inputs and the cache ---------------------------------------------------------------------------------------------
 
 
 def test_cache_key_is_stable() -> None:
-    config = Configuration.for_domain("base+persona+rag", "support", temperature=0.0, max_tokens=64)
+    config = Setup.parse("base+persona+rag", policy("support"), temperature=0.0, max_tokens=64)
     key = cache_key(config, "How much is Acme Unlimited?", 64, "/models/SmolLM2")
     # Pinned: a change here silently throws away every cached answer of earlier runs.
     assert key == "b3fce46e9cd29e7256292cbef9ab146b04f4e343d3e861d53ab9b12ef977bafc"
-    same = Configuration.model_validate(json.loads(json.dumps(config.model_dump(mode="json"))))
+    same = Setup.model_validate(json.loads(json.dumps(config.record())))
     assert cache_key(same, "How much is Acme Unlimited?", 64, "/models/SmolLM2") == key, "survives a JSON round trip"
     others = {
         cache_key(config, "How much is Acme Basic?", 64, "/models/SmolLM2"),
@@ -260,7 +258,7 @@ def test_answers_are_asked_again_after_retraining_or_a_kb_edit(tmp_path: Path) -
     rag = RAGStore(load_settings(None, {"paths.kb": str(kb.parent), "paths.data": str(tmp_path / "data")}))
     models = [ModelInfo("base", root="/models/SmolLM2"), ModelInfo("support", parent="base", root=str(adapter))]
     item = EvalItem(id="support-001", domain="support", question="How much?", expected_terms=[["$45"]])
-    jobs = [Job(item, Configuration.for_domain(spec, "support")) for spec in ("base", "adapter", "base+rag")]
+    jobs = [Job(item, spec, Setup.parse(spec, policy("support"))) for spec in ("base", "adapter", "base+rag")]
 
     base, tuned, retrieved = answer_versions(jobs, models, rag)
     assert base == "/models/SmolLM2", "base-model answers keep their cache keys"
@@ -288,9 +286,6 @@ def test_answer_cache_round_trip(tmp_path: Path) -> None:
 
 
 def test_bad_inputs_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert parse_specs(" base , adapter+rag+persona,base") == ["base", "adapter+persona+rag"]
-    with pytest.raises(ValueError, match="expected base or adapter"):
-        parse_specs("base,lora+rag")
     with pytest.raises(EvalError, match="not found"):
         load_questions([tmp_path / "missing.jsonl"])
     broken = tmp_path / "broken.jsonl"
@@ -373,7 +368,6 @@ def test_cli_end_to_end_and_resume(
         yield
 
     monkeypatch.setattr(ServingClient, "stream_chat", no_requests)
-    started = time.monotonic()
     results_md = tmp_path / "docs" / "results.md"
     assert main([*args, "--results-md", str(results_md)]) == 0
     assert (out / "cache.jsonl").read_text() == cached_lines, "nothing new to cache"
@@ -381,7 +375,6 @@ def test_cli_end_to_end_and_resume(
     assert run["cached"] == 8 and run["errors"] == 0 and run["answers"] == 8
     again = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["answer"] for r in again] == [r["answer"] for r in lines] and all(r["cached"] for r in again)
-    assert time.monotonic() - started < 120
     published = results_md.read_text()
     assert published.startswith("# Eval results\n\nWritten by `make eval`")
     assert "- **Command**: `python -m app.eval --questions" in published and "- **Hardware**: " in published

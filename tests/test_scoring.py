@@ -6,21 +6,20 @@ import pytest
 
 from app.content import EvalItem, GlossaryEntry, StyleRules, load_content
 from app.rag import embeddings
-from app.scoring import (
+from app.scoring.checks import (
     TERM,
     UNSUPPORTED,
     contains_term,
-    extract_claims,
     forbidden_hits,
     glossary_hits,
     groundedness,
     highlight,
-    score_answer,
     style_score,
     terminology_accuracy,
-    unsupported_claims,
     voice_checks,
 )
+from app.scoring.claims import extract_claims, unsupported_claims
+from app.scoring.judge import score_answer
 
 
 @pytest.mark.parametrize(

@@ -12,15 +12,17 @@ from gradio_client import Client
 from gradio_client.client import Job
 from gradio_client.exceptions import AppError
 
-from app.configuration import PRESETS
 from app.content import load_content
 from app.prompts import message_text
 from app.rag import Citation
-from app.scoring import score_answer
+from app.scoring.judge import score_answer
 from app.serving.client import ServingClient
 from app.serving.process import VLLMServer
-from app.ui.compare import MAX_PANELS, marked_html, sources_markdown
+from app.setups import PRESETS
+from app.ui.compare import MAX_PANELS
+from app.ui.display import marked_html, sources_markdown
 from tests.conftest import REPO
+from tests.fake_openai import FakeOpenAI
 
 SHIPPED = ("legal", "medical", "finance", "support")
 
@@ -45,12 +47,12 @@ def answer_of(history: list[dict]) -> str:
     return message_text(history[-1]["content"])
 
 
-def panel(model: str | None = "base", history: list | None = None, *, tokens: int = 32, rag: bool = False,
-          kb: str | None = "support", persona: str = "none", system: str = "", temperature: float = 0.0,
+def panel(model: str | None = "base", *, tokens: int = 32, rag: bool = False, kb: str | None = "support",
+          persona: str = "none", system: str = "", temperature: float = 0.0,
           seed: int | None = None) -> list:  # fmt: skip
-    """One panel's inputs to /answer_all: model, chat, persona, system prompt, temperature, top-p, max tokens, seed,
-    RAG on, knowledge base."""
-    return [model, history or [], persona, system, temperature, 1.0, tokens, seed, rag, kb]
+    """One panel's inputs to /answer_all: model, persona, system prompt, temperature, top-p, max tokens, seed, RAG on,
+    knowledge base (its conversation is session State, not an input)."""
+    return [model, persona, system, temperature, 1.0, tokens, seed, rag, kb]
 
 
 def ask(client: Client, question: str, *panels: list, domain: str = "support") -> Job:
@@ -149,12 +151,13 @@ def test_export_the_last_comparison(ui_client: Client) -> None:
                    ).result(timeout=180)  # fmt: skip
     record = json.loads(exported(ui_client, "/export_json"))
     assert record["question"] == "Name one primary colour."
-    assert [p["setup"]["label"] for p in record["panels"]] == ["base", "base + custom prompt"]
+    labels = [p["setup"]["label"] for p in record["panels"]]
+    assert labels == ["base model (T=0, 16 tokens)", "base model + custom prompt (T=0, 16 tokens)"]
     assert record["panels"][1]["setup"]["system_prompt"] == "Be brief."
     assert record["panels"][0]["answer"] == answer_of(chat)
     assert record["panels"][0]["metrics"]["completion_tokens"] > 0
     markdown = exported(ui_client, "/export_markdown")
-    assert "**Question:** Name one primary colour." in markdown and "## Panel 2: base" in markdown
+    assert "**Question:** Name one primary colour." in markdown and "## Panel 2: base model + custom" in markdown
 
 
 def test_failing_panel_does_not_break_the_other(ui_client: Client) -> None:
@@ -177,17 +180,35 @@ def test_empty_question_is_refused(ui_client: Client) -> None:
         ask(ui_client, "  ", panel(), panel()).result(timeout=60)
 
 
-def test_model_output_is_escaped(ui_client: Client) -> None:
-    chat, *_ = ask(ui_client, "Repeat exactly: <b>bold</b>", panel(), panel()).result(timeout=120)
-    assert "<b>" not in answer_of(chat) and "<b>" not in message_text(chat[-2]["content"])
+def test_model_output_is_shown_inert_and_kept_raw(fake_server: FakeOpenAI, fake_app: str) -> None:
+    """Scripted output with HTML, an image that would call home and a code block: the chat shows it inert, and the
+    conversation the model gets back next turn is the raw text (no escape / unescape round trip)."""
+    raw = "Hi <b>there</b> ![x](http://127.0.0.1:9/leak) [site](http://evil.example)\n```html\n<b>code</b>\n```"
+    fake_server.script("base", raw)
+    client = Client(fake_app, verbose=False)
+    chat, *_ = ask(client, "Show me <i>HTML</i>", panel(), panel()).result(timeout=60)
+    shown = answer_of(chat)
+    assert "<b>there" not in shown and "&lt;b>there" in shown, "tags outside code cannot render"
+    assert "](http" not in shown and "\\[site\\]" in shown, "no Markdown link or image survives"
+    assert "```html\n<b>code</b>\n```" in shown, "a code block is shown exactly as written"
+    assert "&lt;i>HTML" in message_text(chat[-2]["content"]), "the question is shown inert too"
+    ask(client, "And again?", panel(), panel()).result(timeout=60)
+    history = fake_server.requests[-1]["messages"]
+    assert history[:2] == [
+        {"role": "user", "content": "Show me <i>HTML</i>"},
+        {"role": "assistant", "content": raw},
+    ], "the model gets the raw conversation back"
 
 
 def test_multi_turn_keeps_history(ui_client: Client) -> None:
-    first, other, *_ = ask(ui_client, "My name is Ada.", panel(tokens=16), panel(tokens=16)).result(timeout=120)
-    second, *_ = ask(ui_client, "What did I just tell you?", panel(history=first), panel()).result(timeout=120)
+    ask(ui_client, "My name is Ada.", panel(tokens=16), panel(tokens=16)).result(timeout=120)
+    second, *_ = ask(ui_client, "What did I just tell you?", panel(), panel()).result(timeout=120)
     assert [t["role"] for t in second] == ["user", "assistant", "user", "assistant"]
     assert message_text(second[0]["content"]) == "My name is Ada."
-    assert len(other) == 2
+    fresh, *_ = ask(Client(ui_client.src, verbose=False), "Hello", panel(tokens=16), panel(tokens=16)).result(
+        timeout=60
+    )
+    assert len(fresh) == 2, "another browser session has its own conversation"
 
 
 def test_rag_panel_answers_from_the_knowledge_base(ui_client: Client) -> None:
@@ -198,8 +219,9 @@ def test_rag_panel_answers_from_the_knowledge_base(ui_client: Client) -> None:
 
 
 def test_bad_knowledge_base_fails_in_that_panel_only(ui_client: Client) -> None:
-    with pytest.raises(AppError, match="not in the list of choices"):
-        ask(ui_client, "Hello", panel(rag=True, kb="../kb"), panel()).result(timeout=60)
+    chat_0, chat_1, *_ = ask(ui_client, "Hello", panel(rag=True, kb="../kb"), panel(tokens=16)).result(timeout=60)
+    assert "⚠️ this panel" in answer_of(chat_0) and "settings are not valid: rag" in answer_of(chat_0)
+    assert answer_of(chat_1).strip() and "⚠️" not in answer_of(chat_1), "the other panel answers as usual"
 
 
 def test_sources_are_listed_and_escaped() -> None:

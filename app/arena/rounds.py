@@ -1,9 +1,8 @@
-"""Blind A/B arena core: configurations and their labels, drawing a pair, stored votes → battles, DPO export.
+"""Blind A/B arena core: drawing a pair of Setups, stored votes → battles between their labels, DPO export.
 
-A configuration (app.configuration.Configuration) is what answers in one panel: the base model or a LoRA adapter,
-an optional persona, optional RAG over a knowledge base, and sampling. Two distinct configurations from the user's
-pool answer the same prompt as anonymous panels A (left) and B (right); the user votes; `app.store` keeps the
-vote; `app.ratings` rates the labels.
+Two distinct Setups (app.setups) from the user's pool answer the same prompt as anonymous panels A (left) and B
+(right); the user votes; `app.arena.store` keeps the vote with each Setup's record; `app.arena.ratings` rates the
+labels.
 No UI here (see docs/arena.md for the API a Gradio tab uses); the command line is `python -m app.arena`.
 """
 
@@ -19,7 +18,7 @@ from pydantic import ValidationError
 
 from app.arena.ratings import Battle
 from app.arena.store import Vote
-from app.configuration import Configuration
+from app.setups import Setup
 
 
 class ArenaError(ValueError):
@@ -29,13 +28,13 @@ class ArenaError(ValueError):
 def config_label(config: Mapping[str, Any]) -> str:
     """The label of a stored configuration dict."""
     try:
-        return Configuration.model_validate(config).label
+        return Setup.model_validate(config).label
     except ValidationError as exc:
         raise ArenaError(f"stored configuration {dict(config)!r} is not an arena configuration: {exc}") from exc
 
 
-def draw_pair(pool: Sequence[Configuration], rng: random.Random) -> tuple[Configuration, Configuration]:
-    """Two different configurations from `pool`, in random order: the first is panel A (left).
+def draw_pair(pool: Sequence[Setup], rng: random.Random) -> tuple[Setup, Setup]:
+    """Two different Setups from `pool`, in random order: the first is panel A (left).
 
     Duplicates in the pool count once, so every pair of distinct configurations is equally likely, and each
     configuration is as likely to be on the left as on the right. Pass a seeded `random.Random` to reproduce draws.

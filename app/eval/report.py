@@ -1,4 +1,4 @@
-"""Eval report: pure functions from app.eval's summary.json, results.jsonl records and run.json to Markdown, HTML,
+"""Eval report: pure functions from the eval's Summary, results.jsonl records and run.json to Markdown, HTML,
 PNG charts (matplotlib, Agg) and the tables and chart data the Eval tab shows.
 
 `python -m app.eval` writes report.html (charts inlined as base64 PNG) and report.md (linking the PNG files beside
@@ -14,6 +14,10 @@ import io
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from app.eval.verdict import Decision, Summary
+from app.inert import md_code, md_text
+from app.setups import recipe_order
 
 TITLE = "Eval report"
 RESULTS_TITLE = "Eval results"
@@ -39,20 +43,6 @@ COLUMNS = {  # summary key -> table header
     "tokens_in": "tokens in",
     "tokens_out": "tokens out",
 }
-# Specs in matrix order, so colours mean the same thing in every chart.
-SPEC_ORDER = ("base", "base+rag", "base+persona", "base+persona+rag", "adapter+persona", "adapter+persona+rag")
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>])")
-
-
-def md_text(text: str) -> str:
-    """Untrusted text as literal Markdown: HTML escaped, then every Markdown control character backslash-escaped."""
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
-
-
-def md_code(text: str) -> str:
-    """Text as a Markdown code span (shown verbatim), fenced by more backticks than it contains."""
-    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
-    return f"{fence} {text} {fence}" if fence != "`" else f"`{text}`"
 
 
 def fmt(value: Any, key: str = "") -> str:
@@ -66,56 +56,45 @@ def fmt(value: Any, key: str = "") -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
-def domains(summary: Mapping[str, Any]) -> list[str]:
-    return sorted({row["domain"] for row in summary["rows"]})
-
-
-def table(
-    summary: Mapping[str, Any], domain: str | None = None, *, formatted: bool = False
-) -> tuple[list[str], list[list[Any]]]:
+def table(summary: Summary, domain: str | None = None, *, formatted: bool = False) -> tuple[list[str], list[list[Any]]]:
     """Headers and rows of the summary (one domain's, or all with a domain column first); raw values, or `fmt`ed."""
     keys = list(COLUMNS) if domain else ["domain", *COLUMNS]
     rows = [
-        [fmt(row.get(key), key) if formatted else row.get(key) for key in keys]
-        for row in summary["rows"]
-        if domain in (None, row["domain"])
+        [fmt(getattr(row, key), key) if formatted else getattr(row, key) for key in keys]
+        for row in summary.rows
+        if domain in (None, row.domain)
     ]
     return [COLUMNS.get(key, key) for key in keys], rows
 
 
-def _spec_key(spec: str) -> tuple[int, str]:
-    return (SPEC_ORDER.index(spec) if spec in SPEC_ORDER else len(SPEC_ORDER), spec)
-
-
-def chart_records(summary: Mapping[str, Any], metric: str) -> list[dict[str, Any]]:
+def chart_records(summary: Summary, metric: str) -> list[dict[str, Any]]:
     """Long-form rows for one bar per domain x configuration of `metric` (missing values left out)."""
     return [
-        {"bar": f"{row['domain']} · {row['spec']}", "domain": row["domain"], "configuration": row["spec"],
-         "value": row[metric]}
-        for row in sorted(summary["rows"], key=lambda r: (r["domain"], _spec_key(r["spec"])))
-        if row.get(metric) is not None
+        {"bar": f"{row.domain} · {row.spec}", "domain": row.domain, "configuration": row.spec,
+         "value": getattr(row, metric)}
+        for row in sorted(summary.rows, key=lambda r: (r.domain, recipe_order(r.spec)))
+        if getattr(row, metric) is not None
     ]  # fmt: skip
 
 
-def _quality_numbers(decision: Mapping[str, Any]) -> str:
-    numbers = decision.get("numbers", {})
+def _quality_numbers(decision: Decision) -> str:
     return " · ".join(
-        f"{spec} {values['quality']:.2f}" for spec, values in numbers.items() if values["quality"] is not None
+        f"{spec} {values['quality']:.2f}" for spec, values in decision.numbers.items() if values["quality"] is not None
     )
 
 
-def verdict_items(summary: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+def verdict_items(summary: Summary) -> list[tuple[str, str, str, str]]:
     """(domain, verdict, reason, the numbers behind it) per domain, as plain (unescaped) text."""
     items = []
-    for domain, decision in summary["verdict"].items():
-        notes = [f"quality {_quality_numbers(decision) or 'not measured'}", f"margin {decision['margin']:g}"]
-        if decision.get("volatile"):
+    for domain, decision in summary.verdict.items():
+        notes = [f"quality {_quality_numbers(decision) or 'not measured'}", f"margin {decision.margin:g}"]
+        if decision.volatile:
             notes.append("facts treated as fast-changing")
-        items.append((domain, decision["verdict"] or "no verdict", decision["reason"], "; ".join(notes)))
+        items.append((domain, decision.verdict or "no verdict", decision.reason, "; ".join(notes)))
     return items
 
 
-def verdicts_markdown(summary: Mapping[str, Any], warnings: Sequence[str] = ()) -> str:
+def verdicts_markdown(summary: Summary, warnings: Sequence[str] = ()) -> str:
     """The verdicts as a Markdown list (domain names escaped); then any warnings of the run, escaped."""
     lines = [
         f"- **{md_text(domain)}: {verdict}** — {reason} ({numbers})"
@@ -136,7 +115,7 @@ def _png(figure: Any) -> bytes:
 def _colour(spec: str) -> str:
     from matplotlib import colormaps
 
-    red, green, blue, _ = colormaps["tab10"](_spec_key(spec)[0] % 10)
+    red, green, blue, _ = colormaps["tab10"](recipe_order(spec)[0] % 10)
     return f"#{round(red * 255):02x}{round(green * 255):02x}{round(blue * 255):02x}"
 
 
@@ -144,23 +123,19 @@ def chart_name(domain: str) -> str:
     return f"chart-{re.sub(r'[^A-Za-z0-9_-]', '_', domain)}.png"
 
 
-def render_charts(summary: Mapping[str, Any]) -> dict[str, bytes]:
+def render_charts(summary: Summary) -> dict[str, bytes]:
     """PNG bar charts: per domain one panel per metric (a bar per configuration), and one latency chart."""
     from matplotlib.figure import Figure
 
     charts: dict[str, bytes] = {}
-    for domain in domains(summary):
-        rows = sorted(
-            (r for r in summary["rows"] if r["domain"] == domain), key=lambda r: _spec_key(r["spec"]), reverse=True
-        )
-        metrics = [m for m in METRICS if any(r[m] is not None for r in rows)]
+    for domain in summary.domains:
+        rows = sorted((r for r in summary.rows if r.domain == domain), key=lambda r: recipe_order(r.spec), reverse=True)
+        metrics = [m for m in METRICS if any(getattr(r, m) is not None for r in rows)]
         figure = Figure(figsize=(3.2 * max(len(metrics), 1), 0.45 * len(rows) + 1.4), layout="constrained")
         for index, metric in enumerate(metrics):
             axes = figure.add_subplot(1, len(metrics), index + 1)
-            values = [r[metric] for r in rows]
-            bars = axes.barh(
-                [r["spec"] for r in rows], [v or 0.0 for v in values], color=[_colour(r["spec"]) for r in rows]
-            )
+            values = [getattr(r, metric) for r in rows]
+            bars = axes.barh([r.spec for r in rows], [v or 0.0 for v in values], color=[_colour(r.spec) for r in rows])
             axes.bar_label(bars, labels=["n/a" if v is None else f"{v:.2f}" for v in values], fontsize=7, padding=2)
             axes.set_xlim(0, 1)
             axes.set_title(METRICS[metric], fontsize=9)
@@ -250,7 +225,7 @@ def _md_field(name: str, value: str) -> str:
 
 
 def render_markdown(
-    summary: Mapping[str, Any],
+    summary: Summary,
     results: Sequence[Mapping[str, Any]],
     meta: Mapping[str, Any],
     charts: Mapping[str, bytes],
@@ -263,7 +238,7 @@ def render_markdown(
     out = [f"# {title}", "", *([note, ""] if note else [])]
     out += [f"- **{name}**: {_md_field(name, value)}" for name, value in run_lines(meta)]
     out += ["", "## Verdicts", "", verdicts_markdown(summary), "", READING, ""]
-    for domain in domains(summary):
+    for domain in summary.domains:
         headers, rows = table(summary, domain, formatted=True)
         out += [f"## {md_text(domain)}", "", "| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
         out += ["| " + " | ".join(row) + " |" for row in rows]
@@ -315,7 +290,7 @@ def _img(charts: Mapping[str, bytes], name: str, alt: str) -> str:
 
 
 def render_html(
-    summary: Mapping[str, Any],
+    summary: Summary,
     results: Sequence[Mapping[str, Any]],
     meta: Mapping[str, Any],
     charts: Mapping[str, bytes],
@@ -337,7 +312,7 @@ def render_html(
         f"<p>{e(READING)}</p>",
     ]
     numeric = [key != "spec" for key in COLUMNS]
-    for domain in domains(summary):
+    for domain in summary.domains:
         headers, rows = table(summary, domain, formatted=True)
         parts += [f"<h2>{e(domain)}</h2>", _html_table(headers, rows, numeric)]
         parts.append(_img(charts, chart_name(domain), f"{domain}: metrics per configuration"))
@@ -353,57 +328,3 @@ def render_html(
         parts += ["<h2>Latency</h2>", _img(charts, "chart-latency.png", "Latency per answer")]
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-# --- the adapter-vs-base table of model cards and docs/adapters.md ----------------------------------------------------
-
-CARD_START, CARD_END = "<!-- eval:start -->", "<!-- eval:end -->"
-CARD_SPECS = ("base+persona", "adapter+persona", "base+persona+rag", "adapter+persona+rag")
-CARD_KEYS = {"terminology_accuracy": "terminology ↑", "forbidden_rate": "false claims ↓",
-             "unsupported_rate": "unsupported numbers/names ↓", "hallucination_rate": "hallucination (either) ↓",
-             "style_score": "brand-voice style ↑", "latency_s": "latency s", "n": "answered"}  # fmt: skip
-
-
-def adapter_table(summary: Mapping[str, Any], domain: str) -> list[str]:
-    """Markdown table lines: the domain's persona-prompted base model against its adapter (and both with RAG)."""
-    rows = {row["spec"]: row for row in summary["rows"] if row["domain"] == domain and row["spec"] in CARD_SPECS}
-    keys = [key for key in CARD_KEYS if any(row.get(key) is not None for row in rows.values())]
-    lines = ["| configuration | " + " | ".join(CARD_KEYS[key] for key in keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    lines += [
-        f"| {spec} | " + " | ".join(fmt(rows[spec].get(key), key) for key in keys) + " |"
-        for spec in CARD_SPECS
-        if spec in rows
-    ]
-    return lines
-
-
-def adapter_section(summary: Mapping[str, Any], domains_shown: Sequence[str], meta: Mapping[str, Any]) -> str:
-    """The evaluation section that `make eval` keeps up to date in model cards and docs/adapters.md."""
-    out = [
-        CARD_START,
-        "## Evaluation: adapter vs base model",
-        "",
-        f"Written by `make eval` on {str(meta.get('date', ''))[:10]} (`python -m app.eval`, temperature 0, "
-        f"≤ {meta.get('max_tokens')} tokens) on `evals/<domain>.jsonl`, questions that are not in the training "
-        "data; both configurations get the domain persona's system prompt. Rates are shares of answers: *false "
-        "claims* state a known-false claim of the question, *unsupported* ones a number, price, duration or name "
-        "found in neither the reference answer nor the knowledge-base passages for the question. Full results and "
-        "definitions: docs/results.md and docs/eval.md. Demo numbers from a 135M model, not a quality claim.",
-    ]
-    for domain in domains_shown:
-        verdict = summary["verdict"].get(domain, {})
-        out.append("")
-        if len(domains_shown) > 1:
-            out += [f"### {md_text(domain)}", ""]
-        out += adapter_table(summary, domain)
-        if verdict.get("verdict"):
-            out += ["", f"Verdict for {md_text(domain)}: **{verdict['verdict']}** — {md_text(verdict['reason'])}"]
-    return "\n".join([*out, CARD_END])
-
-
-def with_section(text: str, section: str) -> str:
-    """`text` with its CARD_START..CARD_END block replaced by `section` (appended when it has none)."""
-    start, end = text.find(CARD_START), text.find(CARD_END)
-    if start >= 0 and end > start:
-        return text[:start] + section + text[end + len(CARD_END) :]
-    return text.rstrip("\n") + "\n\n" + section + "\n"

@@ -1,0 +1,1 @@
+"""LoRA adapters: validation (`validate`), the running server and merging (`manage`), the command line."""

@@ -1,0 +1,1 @@
+"""Scoring: pure checks (`checks`, `claims`) and the one judge that applies them to an answer (`judge`)."""

@@ -1,0 +1,107 @@
+"""How answers look on the page, for the Compare and Arena tabs: the chat as shown, speed and cost, the term check,
+sources and the server status line.
+
+The raw conversation lives in `gr.State`; what a Chatbot shows is made from it here, through `app.inert` (model
+output renders as Markdown but never as HTML, links or images) and then Gradio's own sanitiser. Nothing shown is
+ever read back.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any
+
+from app.inert import inert_markdown, md_code, md_text
+from app.playground import PanelAnswer
+from app.rag import Citation
+from app.scoring.checks import FALSE_CLAIM, MISUSE, TERM, UNSUPPORTED, highlight
+from app.scoring.judge import AnswerScores
+from app.serving.client import ModelInfo
+
+Turn = dict[str, Any]  # {"role": "user" | "assistant", "content": str}
+MARK_COLORS = {TERM: "#c8f7c5", MISUSE: "#ffc9c9", FALSE_CLAIM: "#ffc9c9", UNSUPPORTED: "#ffe3b3"}
+
+
+def chat_turns(history: Sequence[Turn], question: str, answer: PanelAnswer) -> list[Turn]:
+    """The raw conversation after this question: earlier turns, the question, the answer's text (errors left out:
+    they are not something the model said)."""
+    return [*history, {"role": "user", "content": question}, {"role": "assistant", "content": answer.text}]
+
+
+def shown_chat(history: Sequence[Turn], question: str, answer: PanelAnswer) -> list[Turn]:
+    """What the Chatbot shows: every turn made inert, and the answer's error (if any) under it."""
+    turns = [{"role": turn["role"], "content": inert_markdown(turn["content"])} for turn in history]
+    text = inert_markdown(answer.text)
+    if answer.error:
+        text = f"{text}\n\n⚠️ {inert_markdown(answer.error)}".strip()
+    return [*turns, {"role": "user", "content": inert_markdown(question)}, {"role": "assistant", "content": text}]
+
+
+def status_line(base_url: str, models: list[ModelInfo] | None, error: str | None = None) -> str:
+    if error:
+        return f"**Server** `{base_url}` — ⚠️ {md_text(error)}"
+    adapters = [m.id for m in models or [] if m.is_adapter]
+    names = ", ".join(md_code(name) for name in adapters) or "none loaded"
+    return f"**Server** `{base_url}` — base model and {len(adapters)} adapter(s): {names}"
+
+
+def stats_line(answer: PanelAnswer, prices: tuple[float, float]) -> str:
+    """Time to first token, speed, token counts and cost of a finished answer."""
+    if answer.first_token_s is None:
+        return ""
+    parts = [f"first token {answer.first_token_s:.1f} s"]
+    if answer.tokens_per_s is not None:
+        parts.append(f"{answer.tokens_per_s:.0f} tokens/s")
+    if answer.prompt_tokens is not None:
+        parts.append(f"{answer.prompt_tokens} tokens in / {answer.completion_tokens} out")
+    cost = answer.cost_per_1k_answers(*prices)
+    if cost is not None:
+        parts.append(f"≈ ${cost:.3f} per 1k answers")
+    return " · ".join(parts)
+
+
+def scores_label(scores: AnswerScores) -> str:
+    """A one-line verdict above the highlighted answer, e.g. "terminology 67% · 1 unsupported claim"."""
+    parts = [] if scores.terminology is None else [f"terminology {scores.terminology:.0%}"]
+    terms = {hit.term for hit in scores.glossary if not hit.misuse}
+    parts.append(f"{len(terms)} glossary term(s)")
+    for count, what in ((len(scores.forbidden), "false claim"), (len(scores.unsupported), "unsupported claim"),
+                        (sum(hit.misuse for hit in scores.glossary), "misuse")):  # fmt: skip
+        if count:
+            parts.append(f"{count} {what}{'s' if count > 1 else ''}")
+    if scores.groundedness is not None:
+        parts.append(f"grounded {scores.groundedness:.0%}")
+    if scores.voice:
+        parts.append(f"voice {sum(scores.voice.values())}/{len(scores.voice)} rules")
+    return "Term check: " + " · ".join(parts)
+
+
+def marked_html(text: str, scores: AnswerScores) -> str:
+    """The answer with the term check's marks as coloured spans; every piece of model text is HTML-escaped."""
+    pieces = "".join(
+        html.escape(piece) if label is None else
+        f'<mark style="background:{MARK_COLORS[label]}" title="{label}">{html.escape(piece)}</mark>'
+        for piece, label in highlight(text, scores.marks())
+    )  # fmt: skip
+    legend = " ".join(f'<mark style="background:{color}">{label}</mark>' for label, color in MARK_COLORS.items())
+    return (
+        f'<div class="term-check"><p><strong>{html.escape(scores_label(scores))}</strong> {legend}</p>'
+        f'<p style="white-space:pre-wrap">{pieces}</p></div>'
+    )
+
+
+def sources_markdown(citations: Sequence[Citation]) -> tuple[str, str]:
+    """The sources list ([n] title — source — score) and the retrieved passages, both escaped."""
+    if not citations:
+        return "", ""
+    listing = "\n".join(
+        f"- **\\[{n}\\]** {md_text(c.title)} — {md_text(c.source or c.path)} — score {c.score:.2f}"
+        for n, c in enumerate(citations, 1)
+    )
+    passages = "\n\n".join(
+        f"**\\[{n}\\] {md_text(c.title)}**{' — ' + md_text(c.heading) if c.heading else ''} ({md_text(c.path)})\n\n"
+        + "\n".join(f"> {md_text(line)}" for line in c.text.splitlines())
+        for n, c in enumerate(citations, 1)
+    )
+    return f"**Sources**\n\n{listing}", passages

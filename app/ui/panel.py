@@ -1,0 +1,103 @@
+"""One Compare answer panel: its components, and the Setup its values make.
+
+A panel picks a model (the base model or any served adapter), a persona (or none, or an edited system prompt for a
+custom one), RAG on/off with a knowledge base, and sampling. Its raw conversation is a `gr.State`; the Chatbot only
+shows it (app.ui.display).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.content import Persona
+from app.rag import ALL
+from app.setups import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Setup
+from app.ui.display import sources_markdown
+
+NO_PERSONA = "none"
+FIELDS = ("model", "history", "persona", "system_prompt", "temperature", "top_p", "max_tokens", "seed", "use_rag", "kb")
+
+
+@dataclass
+class PanelControls:
+    """The components of one answer panel."""
+
+    column: gr.Column
+    model: gr.Dropdown
+    persona: gr.Dropdown
+    system_prompt: gr.Textbox
+    temperature: gr.Slider
+    top_p: gr.Slider
+    max_tokens: gr.Slider
+    seed: gr.Number
+    use_rag: gr.Checkbox
+    kb: gr.Dropdown
+    chatbot: gr.Chatbot
+    history: gr.State  # the raw conversation: [{"role", "content"}, ...]
+    stats: gr.Markdown
+    marks: gr.HTML
+    citations: gr.State
+
+    @property
+    def inputs(self) -> list[Any]:
+        """The answer event's inputs of this panel, in FIELDS order."""
+        return [getattr(self, name) for name in FIELDS]
+
+
+def build_panel(index: int, settings: Settings, persona_names: list[str], kb_names: list[str]) -> PanelControls:
+    """Lay out panel `index` (0-based) inside the current Blocks context."""
+    with gr.Column(min_width=280, visible=index < settings.ui.panels) as column:
+        model = gr.Dropdown(label=f"Panel {index + 1} model", choices=[], interactive=True, allow_custom_value=True)
+        with gr.Row():
+            persona = gr.Dropdown([NO_PERSONA, *persona_names], value=NO_PERSONA, label="Persona", min_width=120)
+            use_rag = gr.Checkbox(label="RAG", value=False, min_width=70, scale=0)
+            kb = gr.Dropdown(kb_names, value=ALL if ALL in kb_names else None, label="Knowledge base", min_width=110,
+                             allow_custom_value=True)  # fmt: skip  # a bad name fails in this panel, not the request
+        with gr.Accordion("System prompt and sampling", open=False):
+            system_prompt = gr.Textbox(label="System prompt (edit it for a custom one)", lines=4)
+            temperature = gr.Slider(0.0, 1.5, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature")
+            top_p = gr.Slider(0.05, 1.0, value=DEFAULT_TOP_P, step=0.05, label="Top-p")
+            max_tokens = gr.Slider(16, settings.ui.max_tokens * 4, value=settings.ui.max_tokens, step=16,
+                                   label="Max tokens")  # fmt: skip
+            seed = gr.Number(label="Seed (blank = random)", precision=0)
+        chatbot = gr.Chatbot(label=f"Panel {index + 1}", height=380, sanitize_html=True, allow_tags=False,
+                             buttons=["copy", "copy_all"])  # fmt: skip
+        history = gr.State([])
+        stats = gr.Markdown()
+        marks = gr.HTML(label="Term check")
+        citations = gr.State([])
+        sources = gr.Markdown()
+        with gr.Accordion("Retrieved passages", open=False):
+            passages = gr.Markdown()
+        citations.change(sources_markdown, inputs=citations, outputs=[sources, passages], api_name=False)
+    return PanelControls(column, model, persona, system_prompt, temperature, top_p, max_tokens, seed, use_rag, kb,
+                         chatbot, history, stats, marks, citations)  # fmt: skip
+
+
+def panel_setup(values: Mapping[str, Any], base_model: str, personas: Mapping[str, Persona]) -> Setup:
+    """The Setup a panel's values make. The system prompt counts as the persona's when it is the persona's text
+    (surrounding whitespace aside), else as a custom prompt. ValueError saying which value is wrong."""
+    persona = personas.get(values["persona"] or "")
+    prompt = (values["system_prompt"] or "").strip()
+    is_persona = persona is not None and prompt == persona.system_prompt.strip()
+    seed = values["seed"]
+    try:
+        return Setup(
+            adapter=None if values["model"] in (None, "", base_model) else values["model"],
+            persona=persona.name if persona and is_persona else None,
+            system_prompt=prompt if prompt and not is_persona else None,
+            rag=(values["kb"] or ALL) if values["use_rag"] else None,
+            temperature=values["temperature"],
+            top_p=values["top_p"],
+            max_tokens=int(values["max_tokens"]),
+            seed=None if seed is None or seed == "" else int(seed),
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'panel'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(problems) from None
