@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from app.arena.ratings import Battle, BothBad, leaderboard
+from app.arena.ratings import Battle, BothBad, groups_of, interval_text, leaderboard, rating_text
 from app.arena.rounds import ArenaError, battles, preference_records, write_preferences
 from app.arena.store import StoreError, VoteStore
 from app.config import ConfigError, load_settings
@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", help="votes database URL (default: arena.database_url, else arena.db in paths.data)")
     parser.add_argument("--domain", help="only votes cast in this domain")
     commands = parser.add_subparsers(dest="command", required=True)
-    rate = commands.add_parser("ratings", help="print the leaderboard (Bradley–Terry with 95%% interval, Elo)")
+    rate = commands.add_parser(
+        "ratings",
+        help="print the leaderboard (Bradley–Terry with 95%% interval, Elo; by group of configurations that met)",
+    )
     rate.add_argument("--both-bad", choices=["tie", "drop"], default="tie", help="how 'both bad' votes count")
     export = commands.add_parser("export", help="write decisive votes as TRL preference JSONL")
     export.add_argument("out", type=Path, help="output .jsonl file")
@@ -55,15 +58,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_leaderboard(played: list[Battle], both_bad: BothBad) -> None:
+    """The standings by group (a heading per group when there are several), as the Leaderboard tab shows them."""
     rows = leaderboard(played, both_bad=both_bad)
     if not rows:
         print("no usable votes yet")
         return
+    groups = groups_of(rows)
     width = max(len(row.name) for row in rows)
-    print(f"{'configuration':{width}}  rating  95% interval    elo   votes")
+    rating_width = max(len(rating_text(row)) for row in rows)
+    interval_width = max(13, *(len(interval_text(row)) for row in rows))
+    print(
+        f"{'configuration':{width}}  rank  {'rating':>{rating_width}}  {'95% interval':{interval_width}}    elo   votes"
+    )
     for row in rows:
-        interval = f"{row.interval.lower:5.0f} – {row.interval.upper:5.0f}" if row.interval else "n/a"
-        print(f"{row.name:{width}}  {row.rating:6.0f}  {interval:13}  {row.elo:5.0f}  {row.votes:6}")
+        if groups > 1 and row.rank == 1:
+            print(f"-- group {row.group} of {groups}: never met the other groups, so compare ratings only within it")
+        print(
+            f"{row.name:{width}}  {row.rank:4}  {rating_text(row):>{rating_width}}  "
+            f"{interval_text(row):{interval_width}}  {row.elo:5.0f}  {row.votes:6}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Leaderboard tab: which arena configurations people prefer, from the stored votes, and the DPO data they make.
 
 The work is done elsewhere: app.arena.store reads the votes, app.arena.rounds turns them into battles and preference
-rows, app.arena.ratings rates them (Bradley–Terry with a bootstrap interval, online Elo, win rates). One filter (a
-domain or all, and what "both are bad" counts as) drives the table, the chart, the win-rate matrix and the export. The
-bootstrap refits the model 200 times (up to a second), so reading and rating run in a worker thread.
+rows, app.arena.ratings rates them (Bradley–Terry with a prior and a bootstrap interval, online Elo, win rates,
+groups of configurations that met). One filter (a domain or all, and what "both are bad" counts as) drives the
+table, the chart, the win-rate matrix and the export. The bootstrap refits the model 200 times (up to a second), so
+reading and rating run in a worker thread.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ import anyio
 import gradio as gr
 import pandas as pd
 
-from app.arena.ratings import BothBad, Standing, leaderboard, win_rates
+from app.arena.ratings import (
+    MIN_VOTES,
+    BothBad,
+    Standing,
+    groups_of,
+    interval_text,
+    leaderboard,
+    rating_text,
+    win_rates,
+)
 from app.arena.rounds import battles, preference_records, write_preferences
 from app.arena.store import Vote, VoteStore
 from app.content import Content
@@ -30,27 +40,30 @@ CHART_COLORS = {"rating": "#1f77b4", "95% CI low": "#9e9e9e", "95% CI high": "#9
 OUTCOME_NAMES = {"a": "A better", "b": "B better", "tie": "tie", "both_bad": "both bad"}
 HELP = (
     "Ratings of the Arena's configurations from every stored vote. **Bradley–Terry** (the ranking) is fitted to all "
-    "votes at once, 1000 on average; its **95% CI** comes from 200 bootstrap resamples: overlapping intervals mean "
-    "the votes do not separate two configurations yet. **Elo** is the classic online update, for comparison. A tie "
-    "is half a win each. Votes where a panel failed are kept but not rated."
+    "votes at once with a mild prior, so a handful of votes cannot swing a rating by hundreds of points; the average "
+    f"of the configurations with at least {MIN_VOTES} votes is 1000, so a newcomer does not move the others. Below "
+    f"{MIN_VOTES} votes a configuration shows **not enough votes yet**. Its **95% CI** comes from 200 bootstrap "
+    "resamples: overlapping intervals mean the votes do not separate two configurations yet; **n/a** at one end "
+    "means it never lost (or never won), so the votes bound it on one side only. Configurations that never met, "
+    "directly or through others, form separate **groups**, ranked separately. **Elo** is the classic online update, "
+    "for comparison. A tie is half a win each. Votes where a panel failed are kept but not rated."
 )
 
 Updates = dict[gr.components.Component, Any]
 
 
+def _rank(row: Standing, groups: int) -> int | str:
+    """The rank within the row's group; the group is named only when there are several."""
+    return row.rank if groups <= 1 else f"{row.rank} (group {row.group})"
+
+
 def standings_frame(rows: Sequence[Standing]) -> pd.DataFrame:
-    """The leaderboard table, best first; ratings rounded to whole points."""
+    """The leaderboard table, by group then best first; ratings rounded to whole points, or "not enough votes yet"."""
+    groups = groups_of(rows)
     return pd.DataFrame(
         [
-            [
-                rank,
-                row.name,
-                round(row.rating),
-                f"{row.interval.lower:.0f} – {row.interval.upper:.0f}" if row.interval else "n/a",
-                round(row.elo),
-                row.votes,
-            ]
-            for rank, row in enumerate(rows, 1)
+            [_rank(row, groups), row.name, rating_text(row), interval_text(row), round(row.elo), row.votes]
+            for row in rows
         ],
         columns=HEADERS,
     )
@@ -66,12 +79,22 @@ def win_rate_frame(names: Sequence[str], rates: dict[str, dict[str, float]]) -> 
 
 
 def chart_frame(rows: Sequence[Standing]) -> pd.DataFrame:
-    """Long format for a scatter plot: each configuration's rating and the two ends of its interval."""
+    """Long format for a scatter plot: each rated configuration's rating and the closed ends of its interval.
+
+    Unrated rows are left out, and so is the open end of a never-beaten (or never-won) one's interval. With several
+    groups each name says its group, since heights compare only within one.
+    """
+    groups = groups_of(rows)
     points = []
     for row in rows:
-        if row.interval:
-            points += [(row.name, row.interval.lower, "95% CI low"), (row.name, row.interval.upper, "95% CI high")]
-        points.append((row.name, row.rating, "rating"))  # drawn last, on top of an interval end it equals
+        if row.rating is None:
+            continue
+        name = row.name if groups <= 1 else f"{row.name} (group {row.group})"
+        if row.interval and row.status != "never_won":
+            points.append((name, row.interval.lower, "95% CI low"))
+        if row.interval and row.status != "never_beaten":
+            points.append((name, row.interval.upper, "95% CI high"))
+        points.append((name, row.rating, "rating"))  # drawn last, on top of an interval end it equals
     return pd.DataFrame(points, columns=["configuration", "rating", "series"]).astype({"rating": float})
 
 
@@ -82,8 +105,8 @@ def rating_range(points: pd.DataFrame) -> list[float] | None:
     return [float(points["rating"].min()) - CHART_MARGIN, float(points["rating"].max()) + CHART_MARGIN]
 
 
-def vote_summary(votes: Sequence[Vote], rated: int, domain: str | None) -> str:
-    """How many votes the filter holds, by outcome, and how many were left out of the ratings."""
+def vote_summary(votes: Sequence[Vote], rated: int, domain: str | None, groups: int = 1) -> str:
+    """How many votes the filter holds, by outcome, how many were left out, and whether the configurations met."""
     where = f" in {domain}" if domain else ""
     if not votes:
         return f"No votes yet{where}: play a few rounds in the Arena tab."
@@ -92,6 +115,11 @@ def vote_summary(votes: Sequence[Vote], rated: int, domain: str | None) -> str:
     summary = f"**{len(votes)} vote(s)**{where}: {', '.join(parts)}"
     if rated < len(votes):
         summary += f" · {len(votes) - rated} not rated (a panel failed, or both sides ran the same configuration)"
+    if groups > 1:
+        summary += (
+            f" · the configurations form **{groups} groups** that never met each other: ratings and ranks compare "
+            "only within a group"
+        )
     return summary
 
 
@@ -144,10 +172,11 @@ def render(store: VoteStore, content: Content) -> dict[str, Any]:
         rows = leaderboard(played, both_bad=counts_as)
         names = [row.name for row in rows]
         points = chart_frame(rows)
+        plotted = list(dict.fromkeys(points["configuration"]))  # rated ones only, in the table's order
         return {
-            summary: vote_summary(votes, len(played), only),
+            summary: vote_summary(votes, len(played), only, groups_of(rows)),
             table: standings_frame(rows),
-            chart: gr.ScatterPlot(points if rows else None, sort=names, y_lim=rating_range(points)),
+            chart: gr.ScatterPlot(points if plotted else None, sort=plotted, y_lim=rating_range(points)),
             matrix: win_rate_frame(names, win_rates(played, counts_as)),
         }
 
