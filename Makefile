@@ -12,7 +12,7 @@ PROJECT_STAMP := $(VENV)/.installed-project
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps install install-dev model browser run test test-slow check lint format clean
+.PHONY: deps install install-dev model browser postgres run test test-slow check lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,13 +52,18 @@ model: install
 browser:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
 
+# Debian's PostgreSQL server for the vote-store tests: tests/conftest.py starts a throwaway one (as the postgres
+# user when run as root) on a free loopback port, and stops it at the end of the run.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends postgresql; }
+
 run: install model
 	$(PY) -m app $(ARGS)
 
-test: lint model browser
+test: lint model browser postgres
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-slow: lint model browser
+test-slow: lint model browser postgres
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 lint: install-dev

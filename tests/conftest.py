@@ -1,10 +1,14 @@
 """Shared fixtures: a real vLLM server on a free loopback port (once per session), its settings, the whole Gradio app
 on it (once per test module) with a fresh gradio_client session per test, and the same app on a scripted
-OpenAI-compatible server (tests/fake_openai.py) for deterministic UI tests."""
+OpenAI-compatible server (tests/fake_openai.py) for deterministic UI tests; a real PostgreSQL server (once per
+session, on demand) with a fresh database per test, and `vote_store_url`, which runs a test on SQLite and on
+PostgreSQL."""
 
 from __future__ import annotations
 
-import socket
+import os
+import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,21 +17,17 @@ import gradio as gr
 import pytest
 from gradio_client import Client
 
-from app.arena.store import VoteStore
+from app.arena.store import VoteStore, sqlite_url
 from app.config import Settings, load_settings
 from app.model_prep import DEFAULT_OUT, prepare
 from app.serving.client import ServingClient
 from app.serving.process import VLLMServer
 from app.ui import build_app
 from tests.fake_openai import FakeOpenAI
+from tests.ports import free_port
+from tests.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)
@@ -107,3 +107,40 @@ def fake_app(fake_server: FakeOpenAI, server_settings: Settings, tmp_path: Path)
         demo = build_app(server_settings, ServingClient(fake_server.base_url, timeout_s=10), store=store)
         with launched(demo) as url:
             yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session, started on first use and stopped (and deleted) at its end."""
+    if PostgresServer.find_bin() is None:
+        pytest.skip("PostgreSQL server not installed (`make test` installs Debian's postgresql package)")
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        pytest.skip("running as root without runuser: cannot start PostgreSQL as the postgres user")
+    server = PostgresServer()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL (with password) of a new, empty database on the session's server, dropped after the test."""
+    name = f"test_{secrets.token_hex(6)}"
+    postgres_server.admin(f"CREATE DATABASE {name}")
+    try:
+        yield postgres_server.url(name)
+    finally:
+        if not postgres_server.running:  # a test that stopped it failed before starting it again
+            postgres_server.start()
+        postgres_server.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def vote_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A votes database URL for an empty database: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "arena.db")
+    return request.getfixturevalue("postgres_database")

@@ -24,7 +24,7 @@ from app.arena.rounds import (
     preference_records,
     write_preferences,
 )
-from app.arena.store import Vote, VoteStore, sqlite_url
+from app.arena.store import Vote, VoteStore
 from app.setups import Setup
 
 LEGAL_FULL = Setup(adapter="legal", persona="legal", rag="legal")
@@ -145,8 +145,8 @@ def test_preference_export(tmp_path: Path) -> None:
     assert dataset[1]["chosen"] == [{"role": "assistant", "content": "right answer 2"}]
 
 
-def test_cli_ratings_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    url = sqlite_url(tmp_path / "arena.db")
+def test_cli_ratings_and_export(vote_store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = vote_store_url  # a SQLite file, then a fresh PostgreSQL database
     with VoteStore(url) as store:
         for number, outcome in enumerate(["a", "a", "a", "b", "tie", "both_bad"], 1):
             store.add_vote(

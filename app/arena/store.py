@@ -2,9 +2,12 @@
 
 By default a SQLite file at `<paths.data>/arena.db` in WAL journal mode (readers never block the writer; a busy
 timeout makes concurrent writers wait instead of failing). Several app replicas share one PostgreSQL database by
-URL instead, e.g. `postgresql+psycopg://arena:secret@db-host:5432/arena` (needs `pip install psycopg[binary]`).
-Configurations are stored as JSON, never pickled. The schema is created on first use. Blocking calls: from async
-code run them in a worker thread (`await anyio.to_thread.run_sync(lambda: store.add_vote(...))`). Look at a database:
+URL instead, e.g. `postgresql+psycopg://arena:secret@db-host:5432/arena` (driver: psycopg, in requirements.txt).
+Configurations are stored as JSON, never pickled. Opening a store applies the pending schema migrations
+(app/arena/migrations.py) in one transaction. One vote per arena round: `round_id` is unique in the database, a
+second vote on a round raises `DuplicateVote`. Errors are `StoreError`s whose messages never show the URL's
+password. Blocking calls: from async code run them in a worker thread
+(`await anyio.to_thread.run_sync(lambda: store.add_vote(...))`). Look at a database:
 
     .venv/bin/python -c "from app.arena.store import VoteStore; print(VoteStore('sqlite:///.data/arena.db').count())"
 """
@@ -17,20 +20,42 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, DateTime, Engine, String, Text, create_engine, event, func, select
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Connection,
+    DateTime,
+    Engine,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+)
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from app.arena import migrations
 from app.arena.ratings import OUTCOMES, Outcome
 from app.config import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+PG_CONNECT_TIMEOUT_S = 10  # a database host that does not answer fails in 10 s, not the OS's minutes
 DB_FILENAME = "arena.db"
 
 
 class StoreError(RuntimeError):
-    """The votes database cannot be opened or written; the message says which and why."""
+    """The votes database cannot be opened, read or written; the message says which and why (password masked)."""
+
+
+class DuplicateVote(StoreError):
+    """The round already has a vote: the database keeps one vote per `round_id`."""
+
+    def __init__(self, round_id: str) -> None:
+        super().__init__(f"round {round_id!r} already has a vote (one vote per round)")
+        self.round_id = round_id
 
 
 class _Base(DeclarativeBase):
@@ -38,6 +63,8 @@ class _Base(DeclarativeBase):
 
 
 class _VoteRow(_Base):
+    """The `votes` table as the migrations leave it (app/arena/migrations.py makes it; this model only maps it)."""
+
     __tablename__ = "votes"
     __table_args__ = (CheckConstraint(f"outcome IN ({', '.join(repr(o) for o in OUTCOMES)})", name="outcome_known"),)
 
@@ -55,6 +82,7 @@ class _VoteRow(_Base):
     latency_b_s: Mapped[float | None]
     error_a: Mapped[str | None] = mapped_column(Text)
     error_b: Mapped[str | None] = mapped_column(Text)
+    round_id: Mapped[str | None] = mapped_column(String, unique=True, index=True)  # migration 2
 
 
 @dataclass(frozen=True)
@@ -75,6 +103,7 @@ class Vote:
     latency_b_s: float | None = None
     error_a: str | None = None
     error_b: str | None = None
+    round_id: str | None = None  # the arena round voted on; None for votes stored before round ids
 
     @property
     def errored(self) -> bool:
@@ -88,10 +117,23 @@ def sqlite_url(path: Path) -> str:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # The sqlite3 module would BEGIN only before INSERT/UPDATE/DELETE and run DDL outside any transaction: turn
+    # that off and BEGIN ourselves (_sqlite_begin), so migrations are transactional (SQLAlchemy's SQLite recipe).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    connection.exec_driver_sql(connection.get_execution_options().get(migrations.SQLITE_BEGIN_OPTION, "BEGIN"))
+
+
+def _is_duplicate_round(exc: IntegrityError) -> bool:
+    orig = exc.orig
+    constraint = getattr(getattr(orig, "diag", None), "constraint_name", None)  # psycopg
+    return constraint == migrations.ROUND_ID_INDEX or "votes.round_id" in str(orig)  # or SQLite's message
 
 
 def _to_vote(row: _VoteRow) -> Vote:
@@ -101,9 +143,9 @@ def _to_vote(row: _VoteRow) -> Vote:
     return Vote(**values)
 
 
-def _reason(exc: SQLAlchemyError) -> str:
-    """The driver's own message when there is one (it names the real problem), else SQLAlchemy's."""
-    return str(getattr(exc, "orig", None) or exc)
+def _reason(exc: BaseException) -> str:
+    """The driver's own message when there is one (it names the real problem), else SQLAlchemy's, on one line."""
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())
 
 
 class VoteStore:
@@ -112,31 +154,42 @@ class VoteStore:
     def __init__(self, url: str) -> None:
         try:
             parsed = make_url(url)
-        except ArgumentError as exc:
+        except (ArgumentError, ValueError) as exc:  # ValueError: e.g. a port that is not a number
             raise StoreError(
-                f"votes database URL {url!r} is not valid: expected e.g. sqlite:///.data/arena.db or "
+                "votes database URL is not valid: expected e.g. sqlite:///.data/arena.db or "
                 "postgresql+psycopg://user:password@host:5432/arena"
             ) from exc
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        self.url: str = parsed.render_as_string(hide_password=True)  # password masked (***): safe to show and log
+        self._password = str(parsed.password) if parsed.password else ""
+        backend = parsed.get_backend_name()
+        if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
             folder = Path(parsed.database).parent
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create the votes database folder {folder}: {exc.strerror}") from exc
+        connect_args: dict[str, Any] = {}
+        if backend == "postgresql" and "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
         try:
-            self.engine: Engine = create_engine(parsed, pool_pre_ping=True)
+            self.engine: Engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
         except (ImportError, ArgumentError) as exc:
             raise StoreError(
-                f"cannot use votes database {parsed!r}: {exc}; install its driver "
+                f"cannot use votes database {self.url}: {self._masked(str(exc))}; install its driver "
                 "(PostgreSQL: pip install 'psycopg[binary]')"
             ) from exc
-        if parsed.get_backend_name() == "sqlite":
+        if backend == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
         try:
-            _Base.metadata.create_all(self.engine)
-        except SQLAlchemyError as exc:
+            self.schema_version: int = migrations.upgrade(self.engine)[1]  # as migrated: the latest
+        except (SQLAlchemyError, migrations.MigrationError) as exc:
             self.engine.dispose()
-            raise StoreError(f"cannot open votes database {parsed!r}: {_reason(exc)}") from exc
+            raise StoreError(f"cannot open votes database {self.url}: {self._masked(_reason(exc))}") from exc
+
+    def _masked(self, message: str) -> str:
+        """`message` with the URL's password (should a driver ever quote it) replaced by ***."""
+        return message.replace(self._password, "***") if self._password else message
 
     @classmethod
     def in_folder(cls, data_dir: Path) -> VoteStore:
@@ -164,10 +217,17 @@ class VoteStore:
         latency_b_s: float | None = None,
         error_a: str | None = None,
         error_b: str | None = None,
+        round_id: str | None = None,
     ) -> int:
-        """Record one vote (A = the left panel) and return its id."""
+        """Record one vote (A = the left panel) and return its id.
+
+        `round_id` names the arena round voted on: the database takes one vote per round id and raises
+        `DuplicateVote` for a second one (None: no round, never refused). `StoreError` when the database fails.
+        """
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}; got {outcome!r}")
+        if round_id is not None and not round_id:
+            raise ValueError("round_id must be a non-empty string, or None")
         row = _VoteRow(
             created_at=dt.datetime.now(dt.UTC),
             session_id=session_id,
@@ -182,29 +242,40 @@ class VoteStore:
             latency_b_s=latency_b_s,
             error_a=error_a,
             error_b=error_b,
+            round_id=round_id,
         )
         try:
             with Session(self.engine) as session, session.begin():
                 session.add(row)
                 session.flush()
                 return row.id
+        except IntegrityError as exc:
+            if round_id is not None and _is_duplicate_round(exc):
+                raise DuplicateVote(round_id) from exc
+            raise StoreError(f"could not save the vote: {self._masked(_reason(exc))}") from exc
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not save the vote: {_reason(exc)}") from exc
+            raise StoreError(f"could not save the vote to {self.url}: {self._masked(_reason(exc))}") from exc
 
     def votes(self, domain: str | None = None) -> list[Vote]:
         """Every vote, oldest first; only those of `domain` when given."""
         query = select(_VoteRow).order_by(_VoteRow.id)
         if domain is not None:
             query = query.where(_VoteRow.domain == domain)
-        with Session(self.engine) as session:
-            return [_to_vote(row) for row in session.scalars(query)]
+        try:
+            with Session(self.engine) as session:
+                return [_to_vote(row) for row in session.scalars(query)]
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not read the votes from {self.url}: {self._masked(_reason(exc))}") from exc
 
     def count(self, domain: str | None = None) -> int:
         query = select(func.count()).select_from(_VoteRow)
         if domain is not None:
             query = query.where(_VoteRow.domain == domain)
-        with Session(self.engine) as session:
-            return session.scalar(query) or 0
+        try:
+            with Session(self.engine) as session:
+                return session.scalar(query) or 0
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not count the votes in {self.url}: {self._masked(_reason(exc))}") from exc
 
     def close(self) -> None:
         self.engine.dispose()
