@@ -12,7 +12,7 @@ PROJECT_STAMP := $(VENV)/.installed-project
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps install install-dev model browser postgres run test test-slow check lint format clean
+.PHONY: deps install install-dev model browser postgres run test test-slow check lint typecheck format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,10 +60,10 @@ postgres:
 run: install model
 	$(PY) -m app $(ARGS)
 
-test: lint model browser postgres
+test: lint typecheck model browser postgres
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-slow: lint model browser postgres
+test-slow: lint typecheck model browser postgres
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 lint: install-dev
@@ -75,7 +75,11 @@ format: install-dev
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-check: lint test
+# Types of app/ (settings in pyproject.toml [tool.mypy]); `make test` runs it too.
+typecheck: install-dev
+	$(PY) -m mypy
+
+check: lint typecheck test
 
 clean:
 	rm -rf .data .pytest_cache

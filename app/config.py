@@ -166,7 +166,8 @@ def load_settings(config_file: Path | str | None = None, overrides: dict[str, An
         model_config = SettingsConfigDict(yaml_file=path)
 
     try:
-        return FromFile(**_nested(flags))
+        values: dict[str, Any] = _nested(flags)
+        return FromFile(**values)
     except ValidationError as exc:
         raise ConfigError("; ".join(_describe(err, flags, path) for err in exc.errors())) from None
     except OSError as exc:

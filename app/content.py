@@ -21,6 +21,8 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from app.config import ConfigError, load_settings
+
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # adapters, personas, knowledge bases, domains: file and folder names
 T = TypeVar("T", bound=BaseModel)
 KB_SUFFIXES = (".md", ".txt")
@@ -349,8 +351,14 @@ def word_count(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.content", description="Validate the domain content.")
     parser.add_argument("command", choices=["check"], help="check: validate every file, print problems")
-    parser.parse_args(argv)
-    content = load_content()
+    parser.add_argument("--config", type=Path, help="YAML settings file (default: ./config.yaml if present)")
+    args = parser.parse_args(argv)
+    try:
+        paths = load_settings(args.config).paths
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    content = load_content(paths.personas, paths.kb, paths.adapters, paths.evals)
     for domain in sorted(set(content.kb) | set(content.training) | set(content.evals)):
         docs = content.kb.get(domain, [])
         words = sum(word_count(d.text) for d in docs)
@@ -358,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{domain:10} kb: {len(docs):3} docs {words:6} words   train: {len(content.training.get(domain, [])):4}"
             f"   evals: {len(content.evals.get(domain, [])):3}"
         )
-    print(f"personas: {', '.join(sorted(content.personas))}")
+    print(f"personas: {', '.join(sorted(content.personas))}; domains: {', '.join(content.domains)}")
     for problem in content.problems:
         print(f"problem: {problem}", file=sys.stderr)
     print(f"{len(content.problems)} problem(s)")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -268,7 +268,8 @@ class RAGStore:
                 problems.append(str(exc))
                 continue
             store = part.vectorstore
-            chunks += [store.docstore.search(store.index_to_docstore_id[i]) for i in range(store.index.ntotal)]
+            chunks += [cast(Document, store.docstore.search(store.index_to_docstore_id[i]))
+                       for i in range(store.index.ntotal)]  # fmt: skip
             vectors.append(store.index.reconstruct_n(0, store.index.ntotal))
             documents += part.manifest["documents"]
             problems += part.problems

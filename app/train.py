@@ -213,7 +213,7 @@ def train(
     train_examples, eval_examples = split(examples, config.eval_fraction, config.seed)
     train_rows = encode_all(tokenizer, train_examples, config)
     eval_rows = encode_all(tokenizer, eval_examples, config)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    base_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     lora = LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
@@ -221,7 +221,7 @@ def train(
         target_modules=config.target_modules,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, lora)
+    model = get_peft_model(base_model, lora)
     model.print_trainable_parameters()
     args = TrainingArguments(
         output_dir=str(checkpoints),

@@ -113,9 +113,9 @@ def fake_app(fake_server: FakeOpenAI, server_settings: Settings, tmp_path: Path)
 def postgres_server() -> Iterator[PostgresServer]:
     """A real PostgreSQL server for the session, started on first use and stopped (and deleted) at its end."""
     if PostgresServer.find_bin() is None:
-        pytest.skip("PostgreSQL server not installed (`make test` installs Debian's postgresql package)")
+        pytest.fail("PostgreSQL server not installed: `make test` installs Debian's postgresql package (make postgres)")
     if os.geteuid() == 0 and shutil.which("runuser") is None:
-        pytest.skip("running as root without runuser: cannot start PostgreSQL as the postgres user")
+        pytest.fail("running as root without runuser: cannot start PostgreSQL as the postgres user")
     server = PostgresServer()
     try:
         server.init()

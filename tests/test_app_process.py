@@ -19,22 +19,9 @@ from gradio_client import Client
 from app.serving.client import server_is_up
 from app.serving.process import VLLMServer
 from tests.conftest import REPO, free_port
+from tests.ports import processes_with
 
 UI_START_S = 300
-
-
-def processes_with(fragment: str) -> list[int]:
-    """PIDs whose command line contains `fragment` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if fragment in cmdline:
-                found.append(int(entry.name))
-    return found
 
 
 def page_is_up(url: str) -> bool:

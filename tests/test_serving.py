@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from app.__main__ import main as app_main
+from app.adapters.validate import discover_adapters
 from app.config import load_settings
 from app.serving.client import ServingClient, ServingError
-from app.serving.process import VLLMServer, discover_adapters
+from app.serving.process import VLLMServer, start_local_server
 from tests.conftest import REPO, free_port
+from tests.fake_openai import FakeOpenAI
+from tests.ports import processes_with
 
 
 def test_command_carries_configured_flags(tmp_path: Path) -> None:
@@ -82,9 +86,20 @@ def test_start_failure_shows_log_tail(tmp_path: Path) -> None:
     )
     server = VLLMServer(settings)
     server.start()
-    with pytest.raises(ServingError, match="vLLM exited with code"):
+    pid = server.pid
+    with pytest.raises(ServingError, match=r"vLLM exited with code \d+ while starting\. Last lines of .*vllm\.log:\n"):
         server.wait_ready(timeout_s=240, progress=False)
-    assert server.pid is None or server.stop() is None
+    server.stop()
+    assert pid is not None and not Path(f"/proc/{pid}").exists(), "the failed server process is gone"
+    assert not processes_with(f"--port {settings.vllm.port}"), "and none of its children remain"
+
+
+def test_start_refuses_a_port_answered_by_another_server(fake_server: FakeOpenAI, tmp_path: Path) -> None:
+    """A server we did not start already answers on vllm.port: refuse (and say how to use it) instead of adopting it."""
+    settings = load_settings(None, {"vllm.port": fake_server.port, "paths.data": str(tmp_path)})
+    with pytest.raises(ServingError, match=rf"port {fake_server.port} on 127.0.0.1 already answers.*--vllm-url"):
+        start_local_server(settings)
+    assert not processes_with(f"--port {fake_server.port}"), "no vLLM was started"
 
 
 def test_lora_fix_gives_no_delta_to_rows_without_an_adapter() -> None:
@@ -140,3 +155,11 @@ async def test_base_requests_batched_with_adapters_stay_base(vllm_server: VLLMSe
         for name in names:
             with contextlib.suppress(ServingError):
                 await client.unload_adapter(name)
+
+
+def test_app_refuses_to_adopt_a_foreign_server(
+    fake_server: FakeOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ARENA_PATHS__DATA", str(tmp_path))
+    assert app_main(["--vllm-port", str(fake_server.port)]) == 1
+    assert f"error: port {fake_server.port} on 127.0.0.1 already answers" in capsys.readouterr().err

@@ -29,6 +29,7 @@ def _system_prompt(personas_dir: Path, name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.arena", description="Arena votes: ratings and DPO export.")
+    parser.add_argument("--config", type=Path, help="YAML settings file (default: ./config.yaml if present)")
     parser.add_argument("--db", help="votes database URL (default: arena.database_url, else arena.db in paths.data)")
     parser.add_argument("--domain", help="only votes cast in this domain")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--persona", help="put this persona's system prompt in every prompt (conversational rows)")
     args = parser.parse_args(argv)
     try:
-        settings = load_settings()
+        settings = load_settings(args.config)
         with VoteStore(args.db) if args.db else VoteStore.from_settings(settings) as store:
             votes = store.votes(args.domain)
         if args.command == "ratings":

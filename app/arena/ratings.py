@@ -145,10 +145,10 @@ def rated_votes(battles: Sequence[Battle], both_bad: BothBad = "tie") -> dict[st
     return dict(Counter(name for a, b, _ in _scored(battles, both_bad) for name in (a, b)))
 
 
-def _points(battles: Sequence[Battle], both_bad: BothBad) -> tuple[Counter[str], Counter[str]]:
+def _points(battles: Sequence[Battle], both_bad: BothBad) -> tuple[dict[str, float], dict[str, float]]:
     """Points won and points lost by each name over its rated battles (a tie is ½ of each)."""
-    won: Counter[str] = Counter()
-    lost: Counter[str] = Counter()
+    won: defaultdict[str, float] = defaultdict(float)
+    lost: defaultdict[str, float] = defaultdict(float)
     for a, b, score in _scored(battles, both_bad):
         won[a] += score
         lost[a] += 1.0 - score
@@ -182,7 +182,7 @@ def _raw_fit(tally: Mapping[tuple[str, str, float], float], c: float) -> Ratings
     """Bradley–Terry coefficients on the Elo scale, not yet anchored (the prior centres them near 0)."""
     names = sorted({name for a, b, _ in tally for name in (a, b)})
     column = {name: i for i, name in enumerate(names)}
-    weights: Counter[tuple[int, int, int]] = Counter()
+    weights: defaultdict[tuple[int, int, int], float] = defaultdict(float)
     for (a, b, score), count in tally.items():
         for label, weight in ((1, score * count), (0, (1.0 - score) * count)):
             if weight:

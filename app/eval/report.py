@@ -90,7 +90,8 @@ def verdict_items(summary: Summary) -> list[tuple[str, str, str, str]]:
         notes = [f"quality {_quality_numbers(decision) or 'not measured'}", f"margin {decision.margin:g}"]
         if decision.volatile:
             notes.append("facts treated as fast-changing")
-        items.append((domain, decision.verdict or "no verdict", decision.reason, "; ".join(notes)))
+        verdict: str = decision.verdict or "no verdict"
+        items.append((domain, verdict, decision.reason, "; ".join(notes)))
     return items
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from app.config import Settings
 
@@ -98,7 +99,7 @@ class ServingClient:
         try:
             stream = await self._client.chat.completions.create(
                 model=model,
-                messages=list(messages),  # type: ignore[arg-type]
+                messages=[cast("ChatCompletionMessageParam", message) for message in messages],
                 temperature=temperature,
                 top_p=top_p,
                 max_tokens=max_tokens,

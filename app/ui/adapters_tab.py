@@ -93,7 +93,7 @@ def render(settings: Settings, client: ServingClient, demo: gr.Blocks) -> list[D
         return await show("")
 
     gr.Button("Refresh", size="sm").click(on_refresh, outputs=outputs, api_name="adapters_refresh")
-    demo.load(on_refresh, outputs=outputs, api_name=False)
+    demo.load(on_refresh, outputs=outputs, api_visibility="private")
     return [
         load.click(on_load, inputs=[path, name], outputs=outputs, api_name="adapters_load"),
         unload.click(on_unload, inputs=[loaded], outputs=outputs, api_name="adapters_unload"),

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import html
 import random
+import uuid
 from collections.abc import AsyncIterator, Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import anyio
@@ -22,7 +23,7 @@ from gradio.events import Dependency
 
 from app.arena.ratings import Outcome
 from app.arena.rounds import ArenaError, draw_pair
-from app.arena.store import StoreError
+from app.arena.store import DuplicateVote, StoreError
 from app.content import Domain
 from app.playground import PanelAnswer
 from app.services import Services
@@ -50,6 +51,7 @@ class Round:
     domain: str
     prompt: str
     setups: tuple[Setup, Setup]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # one vote per round id, enforced by the database
     answers: tuple[PanelAnswer, PanelAnswer] | None = None
     vote_id: int | None = None
 
@@ -245,8 +247,11 @@ class _ArenaTab:
                     latency_b_s=answer_b.elapsed_s,
                     error_a=answer_a.error,
                     error_b=answer_b.error,
+                    round_id=played.id,
                 )
             )
+        except DuplicateVote as exc:
+            raise gr.Error("You already voted on this round. Press New round for the next prompt.") from exc
         except StoreError as exc:
             raise gr.Error(f"Your vote was not saved: {exc}. Try again.") from exc
         reveals = await anyio.to_thread.run_sync(
@@ -261,14 +266,18 @@ class _ArenaTab:
         }
 
     def wire(self, demo: gr.Blocks) -> ArenaEvents:
-        domain_event = {
+        domain_event: dict[str, Any] = {
             "fn": self.on_domain,
             "inputs": [self.domain, self.adapters],
             "outputs": [self.adapters, self.pool, self.example],
         }
         self.domain.change(**domain_event, api_name="arena_domain")
-        demo.load(self.on_load, outputs=self.adapters, api_name=False).then(**domain_event, api_name=False)
-        self.example.change(lambda text: text or gr.skip(), inputs=self.example, outputs=self.prompt, api_name=False)
+        demo.load(self.on_load, outputs=self.adapters, api_visibility="private").then(
+            **domain_event, api_visibility="private"
+        )
+        self.example.change(
+            lambda text: text or gr.skip(), inputs=self.example, outputs=self.prompt, api_visibility="private"
+        )
         gr.on(
             [self.new_round.click, self.prompt.submit],
             self.play,
@@ -282,11 +291,12 @@ class _ArenaTab:
                 self.vote,
                 inputs=[button, self.current],
                 outputs=[*self.reveals, *self.buttons, self.message, self.current],
-                api_name="arena_vote" if index == 0 else False,
+                api_name="arena_vote" if index == 0 else None,
+                api_visibility="public" if index == 0 else "private",
                 concurrency_limit=1,
                 concurrency_id="arena_vote",
             )
             for index, button in enumerate(self.buttons)
         ]
-        refresh_pool = {"fn": self.on_adapters_changed, "inputs": [self.domain, self.pool]}
-        return ArenaEvents(votes, {**refresh_pool, "outputs": [self.adapters, self.pool], "api_name": False})
+        refresh_pool: dict[str, Any] = {"fn": self.on_adapters_changed, "inputs": [self.domain, self.pool]}
+        return ArenaEvents(votes, {**refresh_pool, "outputs": [self.adapters, self.pool], "api_visibility": "private"})

@@ -41,7 +41,7 @@ def first_domain(services: Services) -> str | None:
     """The domain both the Compare and the Arena tab open on: ui.default_domain when it exists, else the first."""
     domains = list(services.content.domains)
     wanted = services.settings.ui.default_domain
-    return wanted if wanted in domains else (domains or [None])[0]
+    return wanted if wanted in domains else next(iter(domains), None)
 
 
 def render(services: Services, demo: gr.Blocks) -> dict[str, Any]:
@@ -78,40 +78,40 @@ def render(services: Services, demo: gr.Blocks) -> dict[str, Any]:
     for controls in panels:
         controls.persona.change(
             lambda name: content.personas[name].system_prompt if name in content.personas else "",
-            inputs=controls.persona, outputs=controls.system_prompt, api_name=False,
+            inputs=controls.persona, outputs=controls.system_prompt, api_visibility="private",
         )  # fmt: skip
     count.change(lambda n: [gr.Column(visible=i < n) for i in range(MAX_PANELS)], inputs=count,
-                 outputs=[p.column for p in panels], api_name=False)  # fmt: skip
-    example.change(lambda text: text or gr.skip(), inputs=example, outputs=question, api_name=False)
+                 outputs=[p.column for p in panels], api_visibility="private")  # fmt: skip
+    example.change(lambda text: text or gr.skip(), inputs=example, outputs=question, api_visibility="private")
 
     models_outputs = [status, *(p.model for p in panels)]
     preset_outputs = [*models_outputs, count, example, question]
     for controls in panels:
         preset_outputs += [controls.persona, controls.system_prompt, controls.use_rag, controls.kb]
-    preset_event = {
+    preset_event: dict[str, Any] = {
         "fn": _preset_applier(services, status=status, count=count, example=example, question=question, panels=panels),
         "inputs": [domain, preset, question],
         "outputs": preset_outputs,
     }
     apply.click(**preset_event, api_name="apply_preset")
-    domain.change(**preset_event, api_name=False)
-    demo.load(**preset_event, api_name=False)
+    domain.change(**preset_event, api_visibility="private")
+    demo.load(**preset_event, api_visibility="private")
 
     outputs = [*(p.chatbot for p in panels), *(p.stats for p in panels), *(p.marks for p in panels),
                *(p.citations for p in panels), *(p.history for p in panels), last]  # fmt: skip
     inputs = [question, domain, count, *(c for p in panels for c in p.inputs)]
     handler = _answer_all(services, panels, last)
-    events = [
+    events: list[dict[str, Any]] = [
         send.click(handler, inputs=inputs, outputs=outputs, api_name="answer_all"),
-        question.submit(handler, inputs=inputs, outputs=outputs, api_name=False),
+        question.submit(handler, inputs=inputs, outputs=outputs, api_visibility="private"),
     ]
     stop.click(None, cancels=events)
-    clear.click(lambda: _cleared(panels, last), outputs=outputs, api_name=False)
+    clear.click(lambda: _cleared(panels, last), outputs=outputs, api_visibility="private")
     export_md.click(_exporter(to_markdown, ".md"), inputs=last, outputs=exported, api_name="export_markdown")
     export_json.click(_exporter(lambda r: json.dumps(r, indent=2, ensure_ascii=False), ".json"), inputs=last,
                       outputs=exported, api_name="export_json")  # fmt: skip
     refresh = _refresher(services, status, [p.model for p in panels])
-    return {"fn": refresh, "inputs": [p.model for p in panels], "outputs": models_outputs, "api_name": False}
+    return {"fn": refresh, "inputs": [p.model for p in panels], "outputs": models_outputs, "api_visibility": "private"}
 
 
 def _cleared(panels: list[PanelControls], last: gr.State) -> Updates:

@@ -30,8 +30,9 @@ from app.arena.ratings import (
     win_rates,
 )
 from app.arena.rounds import battles, preference_records, write_preferences
-from app.arena.store import Vote, VoteStore
+from app.arena.store import StoreError, Vote, VoteStore
 from app.content import Content
+from app.inert import md_text
 
 ALL = "all"
 HEADERS = ["rank", "configuration", "rating (Bradley–Terry)", "95% CI", "Elo", "votes"]
@@ -98,10 +99,10 @@ def chart_frame(rows: Sequence[Standing]) -> pd.DataFrame:
     return pd.DataFrame(points, columns=["configuration", "rating", "series"]).astype({"rating": float})
 
 
-def rating_range(points: pd.DataFrame) -> list[float] | None:
+def rating_range(points: pd.DataFrame) -> list[float | None]:
     """The chart's y range: every plotted value plus a margin (a rating axis from 0 would flatten them)."""
     if points.empty:
-        return None
+        return [None, None]  # Gradio's "scale to the data"
     return [float(points["rating"].min()) - CHART_MARGIN, float(points["rating"].max()) + CHART_MARGIN]
 
 
@@ -110,7 +111,7 @@ def vote_summary(votes: Sequence[Vote], rated: int, domain: str | None, groups: 
     where = f" in {domain}" if domain else ""
     if not votes:
         return f"No votes yet{where}: play a few rounds in the Arena tab."
-    outcomes = Counter(vote.outcome for vote in votes)
+    outcomes: Counter[str] = Counter(vote.outcome for vote in votes)
     parts = [f"{outcomes[key]} {name}" for key, name in OUTCOME_NAMES.items() if outcomes[key]]
     summary = f"**{len(votes)} vote(s)**{where}: {', '.join(parts)}"
     if rated < len(votes):
@@ -181,10 +182,16 @@ def render(store: VoteStore, content: Content) -> dict[str, Any]:
         }
 
     async def refresh(chosen: str, counts_as: BothBad) -> Updates:
-        return await anyio.to_thread.run_sync(board, chosen, counts_as)
+        try:
+            return await anyio.to_thread.run_sync(board, chosen, counts_as)
+        except StoreError as exc:  # the database is down: say so, keep the last board
+            return {summary: f"⚠️ Cannot read the votes: {md_text(str(exc))}"}
 
     async def download(chosen: str, persona_name: str) -> Updates:
-        votes = await anyio.to_thread.run_sync(store.votes, None if chosen == ALL else chosen)
+        try:
+            votes = await anyio.to_thread.run_sync(store.votes, None if chosen == ALL else chosen)
+        except StoreError as exc:
+            raise gr.Error(f"Cannot read the votes: {exc}") from exc
         system = content.personas[persona_name].system_prompt if persona_name else None
         records = preference_records(votes, system)
         if not records:
@@ -199,6 +206,6 @@ def render(store: VoteStore, content: Content) -> dict[str, Any]:
     outputs = [summary, table, chart, matrix]
     refresh_button.click(refresh, inputs=[domain, both_bad], outputs=outputs, api_name="leaderboard")
     for control in (domain, both_bad):
-        control.change(refresh, inputs=[domain, both_bad], outputs=outputs, api_name=False)
+        control.change(refresh, inputs=[domain, both_bad], outputs=outputs, api_visibility="private")
     export.click(download, inputs=[domain, persona], outputs=[exported, note], api_name="leaderboard_export")
-    return {"fn": refresh, "inputs": [domain, both_bad], "outputs": outputs, "api_name": False}
+    return {"fn": refresh, "inputs": [domain, both_bad], "outputs": outputs, "api_visibility": "private"}

@@ -75,7 +75,7 @@ def build_panel(index: int, settings: Settings, persona_names: list[str], kb_nam
         sources = gr.Markdown()
         with gr.Accordion("Retrieved passages", open=False):
             passages = gr.Markdown()
-        citations.change(sources_markdown, inputs=citations, outputs=[sources, passages], api_name=False)
+        citations.change(sources_markdown, inputs=citations, outputs=[sources, passages], api_visibility="private")
     return PanelControls(column, model, persona, system_prompt, temperature, top_p, max_tokens, seed, use_rag, kb,
                          chatbot, history, stats, marks, citations)  # fmt: skip
 
