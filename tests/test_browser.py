@@ -19,6 +19,7 @@ from app.serving.client import ServingClient
 from app.serving.process import VLLMServer
 from app.ui import build_app
 from tests.conftest import REPO, free_port
+from tests.fake_openai import FakeOpenAI
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -142,3 +143,31 @@ def test_arena_round_vote_reveal_and_leaderboard(browser: Browser, app_url: str)
         assert cells[1] == label and cells[-1] == "1", f"one vote each: {cells}"
     page.screenshot(path=ARTIFACTS / "leaderboard.png", full_page=True)
     page.close()
+
+
+def test_code_block_shows_html_literally_and_copies_raw(
+    browser: Browser, fake_server: FakeOpenAI, fake_app: str
+) -> None:
+    """A scripted answer with HTML in a code block and outside it: the code block shows `<b>` as text, nothing
+    outside it renders as a tag, and the message's copy button copies the code block's raw text."""
+    fake_server.script("base", "Use bold like this:\n```html\n<b>bold</b>\n```\nNot <b>here</b>.")
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900}, permissions=["clipboard-read", "clipboard-write"]
+    )
+    page = context.new_page()
+    page.goto(fake_app)
+    page.get_by_label("Panel 1 model").wait_for()
+    page.wait_for_function("document.querySelector('input[aria-label=\"Panel 1 model\"]').value === 'base'")
+    page.get_by_label("Your question").fill("How do I write bold in HTML?")
+    page.get_by_role("button", name="Send to all").click()
+    code = page.locator(".bot code").first
+    expect(code).to_have_text("<b>bold</b>", timeout=30_000)
+    bot = page.locator(".bot").first
+    assert bot.locator("b").count() == 0, "no <b> element may come out of the model's text"
+    assert "Not <b>here</b>." in bot.inner_text(), "outside the code block the tag shows as text"
+    page.screenshot(path=ARTIFACTS / "compare-code-block.png", full_page=True)
+    bot.hover()
+    page.get_by_label("Copy message").nth(1).click()  # the first copies the question, the second this answer
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert "```html\n<b>bold</b>\n```" in copied, copied
+    context.close()
