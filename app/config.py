@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 CONFIG_ENV = "ARENA_CONFIG"
 DEFAULT_CONFIG_FILE = Path("config.yaml")
@@ -95,6 +101,39 @@ class ArenaSettings(_Section):
     )
 
 
+class AuthSettings(_Section):
+    """Who may sign in and who is an admin (app.auth). Passwords come only from the environment — ARENA_AUTH__USERS,
+    or a secrets file named by ARENA_AUTH__USERS_FILE — never from config.yaml, and are never logged or shown."""
+
+    users: SecretStr | None = Field(None, description="name:password pairs, comma-separated (environment only)")
+    users_file: Path | None = Field(None, description="file of name:password lines, e.g. a mounted secret")
+    admins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="user names with the admin role (Adapters and Eval), comma-separated"
+    )
+
+    @field_validator("admins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return [name.strip() for name in value.split(",") if name.strip()] if isinstance(value, str) else value
+
+
+class PlatformSource(PydanticBaseSettingsSource):
+    """The port and bind address a hosting platform hands the app: PORT (Cloud Run, Heroku, ...) or Gradio's own
+    GRADIO_SERVER_PORT / GRADIO_SERVER_NAME (Hugging Face Spaces). Below ARENA_* variables, above the YAML file."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        ui: dict[str, Any] = {}
+        port = os.environ.get("GRADIO_SERVER_PORT") or os.environ.get("PORT")
+        if port:
+            ui["port"] = port
+        if os.environ.get("GRADIO_SERVER_NAME"):
+            ui["host"] = os.environ["GRADIO_SERVER_NAME"]
+        return {"ui": ui} if ui else {}
+
+
 class Settings(BaseSettings):
     """All settings. Build it with `load_settings`, which names the YAML file; not directly."""
 
@@ -105,6 +144,7 @@ class Settings(BaseSettings):
     ui: UISettings = Field(default_factory=UISettings)
     paths: PathSettings = Field(default_factory=PathSettings)
     arena: ArenaSettings = Field(default_factory=ArenaSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -115,8 +155,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Highest first: command-line flags (passed as init values), then ARENA_* variables, then the YAML file.
-        return init_settings, env_settings, YamlConfigSettingsSource(settings_cls)
+        # Highest first: command-line flags (passed as init values), ARENA_* variables, the platform's PORT, the YAML.
+        return init_settings, env_settings, PlatformSource(settings_cls), YamlConfigSettingsSource(settings_cls)
 
 
 def config_path(config_file: Path | str | None = None) -> Path | None:
@@ -143,8 +183,12 @@ def _origin(key: str, flags: dict[str, Any], path: Path | None) -> str:
     """Which source set `key` ("vllm.port"): the flag wins over the environment, which wins over the file."""
     if flags.get(key) is not None:
         return "command line"
+    platform = {"ui.port": ("GRADIO_SERVER_PORT", "PORT"), "ui.host": ("GRADIO_SERVER_NAME",)}.get(key, ())
+    named = [name for name in platform if os.environ.get(name)]
     if f"{Settings.model_config['env_prefix']}{key.replace('.', '__')}".upper() in {k.upper() for k in os.environ}:
         return "ARENA_* environment"
+    if named:
+        return f"{named[0]} environment variable"
     return str(path) if path else "ARENA_* environment"
 
 

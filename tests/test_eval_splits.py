@@ -12,7 +12,8 @@ import pytest
 from rapidfuzz import fuzz, process
 
 from app.content import EvalItem, TrainExample, load_jsonl, load_kb_domain, load_persona
-from app.scoring import contains_any, contains_term, extract_claims, forbidden_hits
+from app.scoring.checks import contains_any, contains_term, forbidden_hits
+from app.scoring.claims import extract_claims
 
 REPO = Path(__file__).resolve().parent.parent
 DOMAINS = ["legal", "medical", "finance", "support"]
