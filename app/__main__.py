@@ -15,9 +15,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from app.arena.store import StoreError
+from app.auth import Access
 from app.config import ConfigError, Settings, load_settings
 from app.serving.client import ServingClient, ServingError, server_is_up
 from app.serving.process import start_local_server
+from app.serving.supervisor import Supervisor
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +49,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(parse_args(argv))
+        access = Access.from_settings(settings)  # a malformed account list stops us before vLLM starts
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -54,29 +57,37 @@ def main(argv: list[str] | None = None) -> int:
     # SIGINT, and Python then never raises KeyboardInterrupt); SIGTERM (docker stop, kill) shuts down the same way.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if not access.login_required and not access.loopback:
+        print(
+            f"warning: listening on {settings.ui.host} without accounts: anyone who reaches it may use it, and admin "
+            "actions (Adapters, Eval) are off; set ARENA_AUTH__USERS and ARENA_AUTH__ADMINS",
+            file=sys.stderr,
+        )
     with ExitStack() as stack:
         try:
-            server = None if settings.vllm.url else stack.enter_context(start_local_server(settings))
+            supervisor = None if settings.vllm.url else stack.enter_context(Supervisor(start_local_server(settings)))
         except ServingError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        if server is None and not server_is_up(settings.vllm.base_url, settings.vllm.api_key):
-            print(f"warning: no vLLM server answers at {settings.vllm.base_url} yet", file=sys.stderr)
+        client = ServingClient.from_settings(settings, api_key=supervisor.server.api_key if supervisor else None)
+        if supervisor is None and not server_is_up(settings.vllm.base_url, client.api_key):
+            print(f"warning: no model server answers at {settings.vllm.base_url} yet; the app waits for it",
+                  file=sys.stderr)  # fmt: skip
         from app.rag import RAGStore, build_indexes  # heavy imports: once the server is on its way
 
         rag = RAGStore(settings)
         build_indexes(rag)  # RAG indexes, reused when up to date; built while vLLM starts
         try:
-            if server is not None:
-                server.wait_ready()
-            from app.ui import build_app  # gradio is slow to import: only once the server is on its way
+            if supervisor is not None:
+                supervisor.wait_ready()
+            from app.ui import build_app, launch  # gradio is slow to import: only once the server is on its way
 
-            demo = build_app(settings, ServingClient.from_settings(settings), rag)
-        except (ServingError, StoreError) as exc:  # e.g. arena.database_url names a database that cannot be reached
+            demo = build_app(settings, client, rag, supervisor=supervisor)
+        except (ServingError, StoreError, ConfigError) as exc:  # e.g. a votes database that cannot be reached
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"Adapter Arena on http://{settings.ui.host}:{settings.ui.port}", file=sys.stderr)
-        demo.launch(server_name=settings.ui.host, server_port=settings.ui.port, show_error=True)
+        launch(demo, settings)
     return 0
 
 

@@ -48,7 +48,7 @@ class VLLMSettings(_Section):
     """The vLLM OpenAI-compatible server: an external one (`url`) or a child process we start."""
 
     url: str | None = Field(None, description="use this running server (e.g. http://gpu-box:8000/v1) instead")
-    api_key: str | None = Field(None, description="API key of an external server (prefer the env var)")
+    api_key: SecretStr | None = Field(None, description="API key of an external server (environment only)")
     host: str = "127.0.0.1"
     port: int = Field(8011, ge=1, le=65535)
     max_loras: int = Field(4, ge=1, le=64, description="adapters one batch may mix")
@@ -80,6 +80,9 @@ class UISettings(_Section):
     default_domain: str | None = Field(None, description="domain the Compare and Arena tabs open on (default: first)")
     max_tokens: int = Field(256, ge=1, le=8192, description="default answer length per panel")
     request_timeout_s: float = Field(120.0, gt=0)
+    max_prompt_chars: int = Field(4000, ge=1, description="longest question or prompt accepted (checked server-side)")
+    queue_max_size: int = Field(64, ge=1, description="requests Gradio queues before it turns new ones away")
+    votes_per_minute: int = Field(20, ge=1, description="arena votes one browser session may cast per minute")
     # Cost estimate under each answer: what a hosted API would charge, in USD per million tokens (in / out).
     price_in_per_mtok: float = Field(0.15, ge=0, description="USD per million prompt tokens, for cost estimates")
     price_out_per_mtok: float = Field(0.60, ge=0, description="USD per million answer tokens, for cost estimates")
@@ -199,6 +202,16 @@ def _describe(error: Any, flags: dict[str, Any], path: Path | None) -> str:
         return f"{origin}: unknown key '{key}'"
     message = error["msg"][:1].lower() + error["msg"][1:]
     return f"{origin}: {key}: {message} (got {error['input']!r})"
+
+
+SECRETS = {("auth", "users"): "ARENA_AUTH__USERS or ARENA_AUTH__USERS_FILE", ("vllm", "api_key"): "ARENA_VLLM__API_KEY"}
+
+
+def _refuse_secrets(file_data: dict[str, Any], path: Path) -> None:
+    """Secrets come only from the environment: a settings file (often committed, often shared) may not hold one."""
+    for (section, key), variable in SECRETS.items():
+        if key in (file_data.get(section) or {}):
+            raise ConfigError(f"{path}: {section}.{key} is a secret: set {variable} in the environment instead")
 
 
 def load_settings(config_file: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Settings:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.content import Persona
-from app.prompts import build_messages, build_rag_messages
+from app.prompts import build_messages, build_rag_messages, retrieval_query
 from app.rag import Citation, RAGError, RAGStore
 from app.serving.client import ServingClient, ServingError
 from app.setups import Setup
@@ -33,6 +33,7 @@ class PanelAnswer:
     citations: list[Citation] = field(default_factory=list)
     error: str | None = None
     done: bool = False
+    note: str | None = None  # e.g. that earlier turns were left out to fit the context
     first_token_s: float | None = None  # time to first token, from the question
     elapsed_s: float = 0.0
     prompt_tokens: int | None = None
@@ -79,20 +80,35 @@ class Playground:
         except ValueError as exc:
             yield replace(answer, error=str(exc), done=True)
             return
+        model = setup.adapter or base_model
+        citations: list[Citation] = []
         if setup.rag:
             try:  # embedding + search are CPU-bound: a worker thread keeps the other answers streaming
-                citations = await asyncio.to_thread(self.rag.retrieve, setup.rag, question)
+                query = retrieval_query(history, question)  # a follow-up is searched with what it follows
+                citations = await asyncio.to_thread(self.rag.retrieve, setup.rag, query)
             except RAGError as exc:
                 yield replace(answer, error=f"RAG: {exc}", done=True)
                 return
             answer = replace(answer, citations=citations)
             yield answer
-            messages = build_rag_messages(system, history, question, citations)
-        else:
-            messages = build_messages(system, history, question)
+
+        def messages_for(turns: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+            if setup.rag:
+                return build_rag_messages(system, turns, question, citations)
+            return build_messages(system, turns, question)
+
+        if history:
+            try:
+                history, dropped = await self.fit_history(model, setup.max_tokens, messages_for, history)
+            except ServingError as exc:
+                yield replace(answer, error=str(exc), done=True)
+                return
+            if dropped:
+                answer = replace(answer, note=f"{dropped} earlier turn(s) left out to fit the model's context")
+        messages = messages_for(history)
         try:
             async for delta in self.client.stream_chat(
-                setup.adapter or base_model,
+                model,
                 messages,
                 temperature=setup.temperature,
                 top_p=setup.top_p,
@@ -115,6 +131,22 @@ class Playground:
         except ServingError as exc:
             answer = replace(answer, error=str(exc))
         yield replace(answer, done=True, elapsed_s=time.monotonic() - started)
+
+    async def fit_history(
+        self,
+        model: str,
+        max_tokens: int,
+        messages_for: Callable[[Sequence[dict[str, Any]]], list[dict[str, str]]],
+        history: Sequence[dict[str, Any]],
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The conversation trimmed, oldest turns first, until the prompt leaves room for `max_tokens` of answer in
+        the model's context (counted by the server's own tokenizer); and how many turns were left out."""
+        kept = list(history)
+        while True:
+            count, context = await self.client.count_tokens(model, messages_for(kept))
+            if not context or count + max_tokens <= context or not kept:
+                return kept, len(history) - len(kept)
+            kept = kept[2:]  # one question and its answer
 
     async def answer(
         self, setups: Sequence[Setup], histories: Sequence[Sequence[dict[str, Any]]], question: str

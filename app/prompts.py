@@ -36,6 +36,18 @@ def build_messages(system_prompt: str | None, history: Sequence[dict[str, Any]],
     return messages
 
 
+RETRIEVAL_CONTEXT_CHARS = 500  # how much of the previous question a follow-up's search also uses
+
+
+def retrieval_query(history: Sequence[dict[str, Any]], question: str) -> str:
+    """What to search the knowledge base with: the question, after the previous user turn when there is one, so that
+    "say that again in one sentence" searches for what it refers to."""
+    previous = [message_text(turn["content"]) for turn in history if turn.get("role") == "user"]
+    if not previous:
+        return question
+    return f"{previous[-1][-RETRIEVAL_CONTEXT_CHARS:]}\n{question}"
+
+
 class Passage(Protocol):
     """A retrieved chunk as the prompt needs it (app.rag.Citation is one)."""
 

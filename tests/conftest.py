@@ -83,7 +83,7 @@ def launched(demo: gr.Blocks) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def app_url(vllm_server: VLLMServer, server_settings: Settings) -> Iterator[str]:
     """The whole app (every tab) on a free port, wired to the session's vLLM server."""
-    with launched(build_app(server_settings, ServingClient(vllm_server.base_url))) as url:
+    with launched(build_app(server_settings, vllm_server.client())) as url:
         yield url
 
 

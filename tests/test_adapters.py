@@ -26,6 +26,7 @@ from app.adapters import validate as adapters
 from app.adapters.__main__ import main as adapters_main
 from app.adapters.validate import AdapterError, validate_adapter
 from app.config import Settings
+from app.services import Services
 from app.serving.client import ServingClient, ServingError
 from app.serving.process import VLLMServer
 from app.ui import adapters_tab
@@ -208,7 +209,7 @@ def test_refuses_paths_outside_allowed_roots(made: dict[str, Path], root: Path, 
 @pytest.fixture
 async def client(vllm_server: VLLMServer) -> AsyncIterator[ServingClient]:
     """A client; afterwards the server is back to the base model alone (other test files expect that)."""
-    client = ServingClient(vllm_server.base_url)
+    client = vllm_server.client()
     yield client
     for model in await client.list_models():
         if model.is_adapter:
@@ -321,6 +322,7 @@ def test_cli(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("ARENA_VLLM__URL", vllm_server.base_url)
+    monkeypatch.setenv("ARENA_VLLM__API_KEY", vllm_server.api_key)
     monkeypatch.setenv("ARENA_PATHS__DATA", str(server_settings.paths.data))
     monkeypatch.setenv("ARENA_PATHS__ADAPTERS", str(server_settings.paths.adapters))
     monkeypatch.setenv("ARENA_MODEL__PATH", server_settings.model.path)
@@ -348,7 +350,7 @@ def test_cli(
 @pytest.fixture(scope="module")
 def ui(vllm_server: VLLMServer, server_settings: Settings) -> Iterator[Client]:
     with gr.Blocks() as demo:
-        adapters_tab.render(server_settings, ServingClient(vllm_server.base_url), demo)
+        adapters_tab.render(Services.build(server_settings, vllm_server.client()), demo)
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -358,14 +360,16 @@ def ui(vllm_server: VLLMServer, server_settings: Settings) -> Iterator[Client]:
 
 
 async def test_ui_loads_and_unloads(ui: Client, client: ServingClient, data_adapters: Path) -> None:
-    message, table, loaded = ui.predict(str(data_adapters / "alpha"), "alpha-ui", api_name="/adapters_load")
-    assert "Loaded **alpha-ui** (rank 4)" in message and loaded["value"] == "alpha-ui"
+    message, table, loaded, *_ = ui.predict(str(data_adapters / "alpha"), "alpha-ui", api_name="/adapters_load")
+    assert "Loaded **alpha\\-ui** (rank 4)" in message, "names are shown as literal Markdown"
+    assert loaded["value"] is None and "alpha-ui" in [c[0] for c in loaded["choices"]], "offered, not pre-selected"
     assert ["alpha-ui", "adapter", "base", "4"] in [row[:4] for row in table["data"]]
     assert "alpha-ui" in [m.id for m in await client.list_models()]
-    with pytest.raises(Exception, match="outside the adapter folders"):
-        ui.predict("/etc", "etc", api_name="/adapters_load")
-    message, table, _ = ui.predict("alpha-ui", api_name="/adapters_unload")
-    assert "Unloaded **alpha-ui**" in message and [row[0] for row in table["data"]] == ["base"]
+    message, kept, *_ = ui.predict("/etc", "etc", api_name="/adapters_load")
+    assert message.startswith("⚠️") and "outside the adapter folders" in message, "a refusal is a message"
+    assert "data" not in kept, "and the table is left as it was (no new value is sent)"
+    message, table, *_ = ui.predict("alpha-ui", api_name="/adapters_unload")
+    assert "Unloaded **alpha\\-ui**" in message and [row[0] for row in table["data"]] == ["base"]
 
 
 def test_start_up_serves_good_adapters_and_skips_broken_ones(

@@ -17,7 +17,7 @@ import pytest
 from gradio_client import Client
 
 from app.serving.client import server_is_up
-from app.serving.process import VLLMServer
+from app.serving.process import VLLMServer, port_is_answered
 from tests.conftest import REPO, free_port
 from tests.ports import processes_with
 
@@ -92,11 +92,13 @@ def app_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_app_uses_external_server(vllm_server: VLLMServer, app_data: Path, tmp_path: Path) -> None:
-    env = {"ARENA_PATHS__DATA": str(app_data)}
+    env = {"ARENA_PATHS__DATA": str(app_data), "ARENA_VLLM__API_KEY": vllm_server.api_key}
     with running_app(["--vllm-url", vllm_server.base_url], env, tmp_path / "app.log") as app:
         assert "⚠️" not in ask(app.port)
         assert app.interrupt(timeout=60) in (0, -signal.SIGINT, 130)
-    assert server_is_up(vllm_server.base_url), "stopping the app must not stop a server it did not start"
+    assert server_is_up(vllm_server.base_url, vllm_server.api_key), (
+        "stopping the app must not stop a server it did not start"
+    )
 
 
 def test_ctrl_c_stops_app_and_its_vllm(model_dir: Path, app_data: Path, tmp_path: Path) -> None:
@@ -117,4 +119,4 @@ def test_ctrl_c_stops_app_and_its_vllm(model_dir: Path, app_data: Path, tmp_path
     while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not processes_with(marker), "no vLLM process may outlive the app"
-    assert not server_is_up(f"http://127.0.0.1:{vllm_port}/v1")
+    assert not port_is_answered("127.0.0.1", vllm_port), "nothing listens on its port any more"

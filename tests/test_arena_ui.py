@@ -58,7 +58,7 @@ def arena(
 ) -> Iterator[Arena]:
     url = sqlite_url(tmp_path_factory.mktemp("arena") / "votes.db")
     with VoteStore(url) as store:
-        demo, client = launch(server_settings, ServingClient(vllm_server.base_url), store)
+        demo, client = launch(server_settings, vllm_server.client(), store)
         try:
             yield Arena(client, store, url)
         finally:

@@ -15,7 +15,6 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app.arena.store import VoteStore
 from app.config import Settings
-from app.serving.client import ServingClient
 from app.serving.process import VLLMServer
 from app.ui import build_app
 from tests.conftest import REPO, free_port
@@ -34,7 +33,7 @@ def app_url(
     vllm_server: VLLMServer, server_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     store = VoteStore.in_folder(tmp_path_factory.mktemp("browser-votes"))  # this module's votes only
-    demo: gr.Blocks = build_app(server_settings, ServingClient(vllm_server.base_url), store=store)
+    demo: gr.Blocks = build_app(server_settings, vllm_server.client(), store=store)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:

@@ -334,6 +334,7 @@ def test_cli_end_to_end_and_resume(
     out = tmp_path / "out"
     args = ["--questions", str(questions), "--out", str(out), "--vllm-url", vllm_server.base_url,
             "--config", str(config), "--max-tokens", "48", "--concurrency", "4"]  # fmt: skip
+    monkeypatch.setenv("ARENA_VLLM__API_KEY", vllm_server.api_key)  # for the run below and the one in this process
     done = subprocess.run([sys.executable, "-m", "app.eval", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=600, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

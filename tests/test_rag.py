@@ -12,7 +12,6 @@ from app.config import Settings, load_settings
 from app.content import EvalItem, load_jsonl
 from app.prompts import build_rag_messages
 from app.rag import ALL, RAGError, RAGStore, main
-from app.serving.client import ServingClient
 from app.serving.process import VLLMServer
 from tests.conftest import REPO
 
@@ -232,7 +231,7 @@ async def test_rag_answer_from_the_real_server(shipped: RAGStore, vllm_server: V
     question = "How much is Acme Unlimited per month?"
     citations = shipped.retrieve("support", question, k=2)
     assert "support/plans-and-pricing.md" in [c.path for c in citations]
-    client = ServingClient(vllm_server.base_url)
+    client = vllm_server.client()
     answer = ""
     async for delta in client.stream_chat(
         "base", build_rag_messages(None, [], question, citations), temperature=0.0, max_tokens=64

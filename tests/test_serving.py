@@ -43,14 +43,14 @@ def test_environment_sets_cpu_kv_cache_and_runtime_lora() -> None:
 
 
 async def test_lists_base_model(vllm_server: VLLMServer) -> None:
-    client = ServingClient(vllm_server.base_url)
+    client = vllm_server.client()
     models = await client.list_models()
     assert [m.id for m in models] == ["base"]
     assert not models[0].is_adapter
 
 
 async def test_streams_real_tokens_with_chat_template(vllm_server: VLLMServer) -> None:
-    client = ServingClient(vllm_server.base_url)
+    client = vllm_server.client()
     messages = [{"role": "user", "content": "Name three colours of the rainbow."}]
     deltas = [d async for d in client.stream_chat("base", messages, temperature=0.0, max_tokens=24)]
     text = "".join(d.text for d in deltas)
@@ -65,7 +65,7 @@ async def test_streams_real_tokens_with_chat_template(vllm_server: VLLMServer) -
 
 
 async def test_unknown_model_is_a_clear_error(vllm_server: VLLMServer) -> None:
-    client = ServingClient(vllm_server.base_url)
+    client = vllm_server.client()
     with pytest.raises(ServingError, match="model 'no-such-adapter': server said 404"):
         async for _ in client.stream_chat("no-such-adapter", [{"role": "user", "content": "hi"}]):
             pass
@@ -124,7 +124,7 @@ async def test_base_requests_batched_with_adapters_stay_base(vllm_server: VLLMSe
     """Regression (app.serving.vllm_plugin): on CPU, base-model requests batched with adapter requests used to be
     answered by the adapter in the last slot. With the support adapter in every slot, its voice must not reach
     `base`."""
-    client = ServingClient(vllm_server.base_url)
+    client = vllm_server.client()
     names = [f"support-{n}" for n in range(4)]  # fill all of vLLM's --max-loras 4 slots with the support adapter
     try:
         for name in names:

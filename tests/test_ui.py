@@ -16,7 +16,6 @@ from app.content import load_content
 from app.prompts import message_text
 from app.rag import Citation
 from app.scoring.judge import score_answer
-from app.serving.client import ServingClient
 from app.serving.process import VLLMServer
 from app.setups import PRESETS
 from app.ui.compare import MAX_PANELS
@@ -30,7 +29,7 @@ SHIPPED = ("legal", "medical", "finance", "support")
 @pytest.fixture
 async def shipped_adapters(vllm_server: VLLMServer) -> AsyncIterator[list[str]]:
     """The four trained adapters loaded into the running server; afterwards it serves the base model alone again."""
-    client = ServingClient(vllm_server.base_url)
+    client = vllm_server.client()
     for name in SHIPPED:
         await client.load_adapter(name, str(REPO / "adapters" / name))
     try:

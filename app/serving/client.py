@@ -57,18 +57,22 @@ class ServingClient:
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 120.0) -> None:
         self.base_url = base_url
-        # vLLM ignores the key unless started with --api-key; the OpenAI client insists on one.
+        self.api_key = api_key
+        # The OpenAI client insists on a key; a server without one ignores it. There is deliberately no fallback to
+        # OPENAI_API_KEY: that key belongs to another service and must not be sent to whatever URL is configured.
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
-            api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
+            api_key=api_key or "EMPTY",
             timeout=timeout_s,
             max_retries=0,
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ServingClient:
-        api_key = settings.vllm.api_key or os.environ.get("VLLM_API_KEY")
-        return cls(settings.vllm.base_url, api_key=api_key, timeout_s=settings.ui.request_timeout_s)
+    def from_settings(cls, settings: Settings, api_key: str | None = None) -> ServingClient:
+        """The client of the server the app uses: pass our own child's per-run key; for an external server
+        (vllm.url) the key comes from the environment (ARENA_VLLM__API_KEY, or VLLM_API_KEY)."""
+        secret = settings.vllm.api_key.get_secret_value() if settings.vllm.api_key else os.environ.get("VLLM_API_KEY")
+        return cls(settings.vllm.base_url, api_key=api_key or secret, timeout_s=settings.ui.request_timeout_s)
 
     async def list_models(self) -> list[ModelInfo]:
         """Base model first, then adapters by name. Raises ServingError when the server is unreachable."""
@@ -118,6 +122,18 @@ class ServingClient:
         except openai.OpenAIError as exc:
             raise ServingError(f"model '{model}': {_reason(exc)}") from exc
 
+    async def count_tokens(self, model: str, messages: Sequence[dict[str, str]]) -> tuple[int, int]:
+        """(prompt tokens, the model's context length) for `messages` with the chat template, from vLLM's /tokenize."""
+        root = self.base_url.removesuffix("/v1")
+        body = {"model": model, "messages": list(messages), "add_generation_prompt": True}
+        try:
+            result = await self._client.post(f"{root}/tokenize", body=body, cast_to=object)
+        except openai.OpenAIError as exc:
+            raise ServingError(f"cannot count tokens for model '{model}': {_reason(exc)}") from exc
+        if not isinstance(result, dict) or not isinstance(result.get("count"), int):
+            raise ServingError(f"the server at {root} answered /tokenize without a token count")
+        return int(result["count"]), int(result.get("max_model_len") or 0)
+
     async def load_adapter(self, name: str, path: str) -> None:
         """Load a LoRA adapter folder (a path on the server's machine) into the running server as model `name`.
 
@@ -146,10 +162,21 @@ def _reason(exc: openai.OpenAIError) -> str:
     if isinstance(exc, openai.APIConnectionError):
         return "the model server is not reachable (is vLLM running? check the URL)"
     if isinstance(exc, openai.APIStatusError):
-        try:
-            body = exc.response.json()
-            message = body.get("message") or body.get("error", {}).get("message") or exc.message
-        except ValueError:
-            message = exc.message
-        return f"server said {exc.status_code}: {message}"
+        if exc.status_code == 401:
+            return "server said 401: the API key is missing or wrong (set ARENA_VLLM__API_KEY for an external server)"
+        return f"server said {exc.status_code}: {_message(exc)}"
     return str(exc)
+
+
+def _message(exc: openai.APIStatusError) -> str:
+    """The server's own message, whatever shape its error body has (vLLM, a proxy, an HTML error page)."""
+    try:
+        body = exc.response.json()
+    except ValueError:
+        return exc.message
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    return error if isinstance(error, str) else exc.message

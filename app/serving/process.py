@@ -12,17 +12,19 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from app.adapters.validate import discover_adapters, servable_adapters
 from app.config import Settings
 from app.model_prep import prepare_for
-from app.serving.client import ServingError, server_is_up
+from app.serving.client import ServingClient, ServingError, server_is_up
 
 LOG_TAIL_LINES = 30
 
@@ -44,11 +46,20 @@ class VLLMServer:
         self.log_path = log_path or settings.paths.data / "logs" / "vllm.log"
         # Adapters to serve from the start (name -> folder); by default every adapter folder under paths.adapters.
         self.adapters = discover_adapters(settings.paths.adapters) if adapters is None else adapters
+        # A fresh key per run, given to vLLM through its environment (not its command line, which `ps` shows):
+        # only our clients can call it, so nothing else on this machine can load an unvalidated adapter into it.
+        self.api_key = secrets.token_urlsafe(24)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://{self.settings.vllm.host}:{self.settings.vllm.port}/v1"
+
+    def client(self, timeout_s: float | None = None) -> ServingClient:
+        """A client that holds this server's per-run key."""
+        return ServingClient(
+            self.base_url, api_key=self.api_key, timeout_s=timeout_s or self.settings.ui.request_timeout_s
+        )
 
     def command(self) -> list[str]:
         """The api_server command line built from the settings (shown in the log, useful to run by hand)."""
@@ -75,7 +86,9 @@ class VLLMServer:
             VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",
             VLLM_NO_USAGE_STATS="1",
             DO_NOT_TRACK="1",
+            VLLM_API_KEY=self.api_key,
         )
+        env.pop("OPENAI_API_KEY", None)  # a key meant for another service is none of vLLM's business
         if Path(self.settings.model.path).exists():
             env["HF_HUB_OFFLINE"] = "1"  # a local folder never needs the hub
         return env
@@ -97,19 +110,24 @@ class VLLMServer:
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - setsid + death signal, no Python state touched
             )
 
-    def wait_ready(self, timeout_s: float | None = None, progress: bool = True) -> None:
-        """Block until `/v1/models` answers; raise ServingError with the log's tail if the server dies or hangs."""
+    def wait_ready(
+        self, timeout_s: float | None = None, progress: bool = True, cancelled: Callable[[], bool] = lambda: False
+    ) -> None:
+        """Block until `/v1/models` answers; raise ServingError with the log's tail if the server dies or hangs (or
+        at once when `cancelled()` says so)."""
         timeout_s = timeout_s or self.settings.vllm.startup_timeout_s
         started = time.monotonic()
         last_note = 0.0
         while True:
+            if cancelled():
+                raise ServingError("start-up cancelled")
             elapsed = time.monotonic() - started
             if self._process is not None and self._process.poll() is not None:
                 raise ServingError(
                     f"vLLM exited with code {self._process.returncode} while starting. Last lines of "
                     f"{self.log_path}:\n{self.log_tail()}"
                 )
-            if server_is_up(self.base_url):
+            if server_is_up(self.base_url, self.api_key):
                 if progress:
                     print(f"vLLM ready at {self.base_url} after {elapsed:.0f} s", file=sys.stderr, flush=True)
                 return
@@ -135,20 +153,29 @@ class VLLMServer:
             return "(no log)"
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM the server's process group (API server, engine core, workers); SIGKILL it if it lingers."""
+        """SIGTERM the server's whole process group (API server, engine core, workers) — also when the API server is
+        already gone, since its engine and workers outlive it — and SIGKILL whatever lingers."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
+        group = process.pid  # setsid made the API server the leader of its own group
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
+            process.poll()  # reap a dead leader, so that only live processes keep the group alive
+            if not _group_alive(group):
                 return
-            try:
-                process.wait(timeout=timeout_s)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, sig)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                process.poll()
+                if not _group_alive(group):
+                    return
+                time.sleep(0.2)
+
+    @property
+    def alive(self) -> bool:
+        """True while the API server process runs (it may still be starting)."""
+        return self._process is not None and self._process.poll() is None
 
     @property
     def pid(self) -> int | None:
@@ -160,6 +187,17 @@ class VLLMServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _group_alive(group: int) -> bool:
+    """True while any process of the process group exists."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, it is just not ours to signal
+        return True
+    return True
 
 
 def port_is_answered(host: str, port: int) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field, replace
@@ -25,11 +26,12 @@ from app.arena.ratings import Outcome
 from app.arena.rounds import ArenaError, draw_pair
 from app.arena.store import DuplicateVote, StoreError
 from app.content import Domain
+from app.inert import md_text
 from app.playground import PanelAnswer
 from app.services import Services
 from app.serving.client import ServingError
 from app.setups import ARENA_DEFAULT_POOL, ARENA_POOL, DEFAULT_TEMPERATURE, Setup
-from app.ui.compare import first_domain
+from app.ui.compare import checked_prompt, first_domain
 from app.ui.display import scores_label, shown_chat, stats_line
 
 HELP = (
@@ -39,6 +41,7 @@ HELP = (
     "revealed, so that your vote is about the answers, not the names. Votes feed the *Leaderboard* tab and its "
     "preference-data export. A panel that failed still takes a vote; it is kept but not rated."
 )
+HIDDEN_ERROR = "this model could not answer; the reason is shown after your vote"
 VOTES: dict[str, Outcome] = {"A is better": "a", "B is better": "b", "Tie": "tie", "Both are bad": "both_bad"}
 
 Updates = dict[gr.components.Component, Any]
@@ -119,6 +122,7 @@ class _ArenaTab:
         self.message = gr.Markdown()
         self.rng = gr.State(None)  # the session's random.Random, made at its first round (seeded by the OS)
         self.current = gr.State(None)  # the session's Round
+        self.voted = gr.State([])  # when the session voted (time.monotonic()), for the per-session rate limit
         self.adapters = gr.State([])  # the adapters the server served when the session last asked
 
     def pool_choices(self, name: str, adapters: Collection[str]) -> list[tuple[str, str]]:
@@ -130,7 +134,10 @@ class _ArenaTab:
         return self.content.domains[name].examples
 
     def shown(self, prompt: str, answers: list[PanelAnswer]) -> Updates:
-        return {chat: shown_chat([], prompt, answer) for chat, answer in zip(self.chats, answers, strict=True)}
+        """Both answers as they stream; a failure is named but its reason (which could name the adapter, persona or
+        knowledge base) waits for the reveal."""
+        hidden = [replace(a, error=HIDDEN_ERROR) if a.error else a for a in answers]
+        return {chat: shown_chat([], prompt, answer) for chat, answer in zip(self.chats, hidden, strict=True)}
 
     def vote_buttons(self, enabled: bool) -> Updates:
         return {button: gr.Button(interactive=enabled) for button in self.buttons}
@@ -175,9 +182,7 @@ class _ArenaTab:
         rng: random.Random | None,
     ) -> AsyncIterator[Updates]:
         """Draw two configurations from the pool and stream both answers; the vote buttons open when both are done."""
-        prompt = (prompt or "").strip()
-        if not prompt:
-            raise gr.Error("Type a prompt first, or pick one of the example prompts.")
+        prompt = checked_prompt(prompt, self.settings.ui.max_prompt_chars)
         if not domain:
             raise gr.Error("Pick a domain first.")
         sampling = {"temperature": temperature, "max_tokens": int(max_tokens)}
@@ -214,6 +219,8 @@ class _ArenaTab:
         """Who answered, its speed and cost, and the one judge's term check (shown only now: it could hint)."""
         stats = stats_line(answer, (self.settings.ui.price_in_per_mtok, self.settings.ui.price_out_per_mtok))
         lines = [f"**Model {side}** was **{html.escape(setup.label)}**" + (f" — {stats}" if stats else "")]
+        if answer.error:
+            lines.append(f"It failed: {md_text(answer.error)}")
         if answer.text:
             domain = self.content.domains.get(played.domain)
             scores = self.services.judge.score(answer.text, domain=domain, question=played.prompt,
@@ -221,8 +228,13 @@ class _ArenaTab:
             lines.append(html.escape(scores_label(scores)))
         return "\n\n".join(lines)
 
-    async def vote(self, choice: str, played: Round | None, request: gr.Request) -> Updates:
+    async def vote(self, choice: str, played: Round | None, voted: list[float], request: gr.Request) -> Updates:
         """Store the vote on the session's round (once), then reveal both configurations."""
+        recent = [at for at in voted or [] if time.monotonic() - at < 60]
+        if len(recent) >= self.settings.ui.votes_per_minute:
+            wait = 60 - (time.monotonic() - recent[0])
+            raise gr.Error(f"That is {len(recent)} votes in a minute, the most one session may cast "
+                           f"(ui.votes_per_minute). Try again in {wait:.0f} s.")  # fmt: skip
         if played is None:
             raise gr.Error("Start a round first: type a prompt and press New round.")
         if played.answers is None:
@@ -259,6 +271,7 @@ class _ArenaTab:
         )
         return {
             self.current: replace(played, vote_id=vote_id),
+            self.voted: [*recent, time.monotonic()],
             self.reveals[0]: reveals[0],
             self.reveals[1]: reveals[1],
             self.message: f"Vote saved: *{choice}*. Press **New round** for the next prompt.",
@@ -289,8 +302,8 @@ class _ArenaTab:
         votes = [
             button.click(
                 self.vote,
-                inputs=[button, self.current],
-                outputs=[*self.reveals, *self.buttons, self.message, self.current],
+                inputs=[button, self.current, self.voted],
+                outputs=[*self.reveals, *self.buttons, self.message, self.current, self.voted],
                 api_name="arena_vote" if index == 0 else None,
                 api_visibility="public" if index == 0 else "private",
                 concurrency_limit=1,

@@ -21,10 +21,10 @@ from app.content import Domain
 from app.playground import PanelAnswer
 from app.rag import ALL, RAGError
 from app.scoring.judge import AnswerScores
-from app.services import Services
+from app.services import Services, status_line
 from app.serving.client import ServingError
 from app.setups import PRESETS, Setup
-from app.ui.display import chat_turns, marked_html, shown_chat, stats_line, status_line
+from app.ui.display import chat_turns, marked_html, shown_chat, stats_line
 from app.ui.panel import FIELDS, NO_PERSONA, PanelControls, build_panel, panel_setup
 
 MAX_PANELS = 4
@@ -35,6 +35,18 @@ HELP = (
     "neither the knowledge base nor the reference supports (orange)."
 )
 Updates = dict[Any, Any]
+
+
+def checked_prompt(text: str | None, limit: int, what: str = "prompt") -> str:
+    """The user's text, stripped; gr.Error when it is empty or longer than ui.max_prompt_chars (checked here, on the
+    server: a client can send anything)."""
+    text = (text or "").strip()
+    if not text:
+        raise gr.Error(f"Type a {what} first.")
+    if len(text) > limit:
+        raise gr.Error(f"Your {what} is {len(text):,} characters; the limit is {limit:,} (ui.max_prompt_chars). "
+                       "Shorten it, or ask about one part at a time.")  # fmt: skip
+    return text
 
 
 def first_domain(services: Services) -> str | None:
@@ -62,7 +74,7 @@ def render(services: Services, demo: gr.Blocks) -> dict[str, Any]:
     example = gr.Dropdown(content.domains[start].examples if start else [], value=None, label="Example questions")
     with gr.Row():
         question = gr.Textbox(label="Your question", placeholder="Pick an example or type a question", lines=2,
-                              scale=5)  # fmt: skip
+                              scale=5, max_length=settings.ui.max_prompt_chars)  # fmt: skip
         with gr.Column(scale=1, min_width=140):
             send = gr.Button("Send to all", variant="primary")
             stop = gr.Button("Stop")
@@ -110,6 +122,7 @@ def render(services: Services, demo: gr.Blocks) -> dict[str, Any]:
     export_md.click(_exporter(to_markdown, ".md"), inputs=last, outputs=exported, api_name="export_markdown")
     export_json.click(_exporter(lambda r: json.dumps(r, indent=2, ensure_ascii=False), ".json"), inputs=last,
                       outputs=exported, api_name="export_json")  # fmt: skip
+    gr.Timer(5).tick(services.status, outputs=status, api_name="status")  # restarts, recoveries, a server coming up
     refresh = _refresher(services, status, [p.model for p in panels])
     return {"fn": refresh, "inputs": [p.model for p in panels], "outputs": models_outputs, "api_visibility": "private"}
 
@@ -275,9 +288,7 @@ def _answer_all(services: Services, panels: list[PanelControls], last: gr.State)
 
     async def answer_all(question: str, domain_name: str | None, count: int, *values: Any) -> AsyncIterator[Updates]:
         """Stream the first `count` panels' answers to `question`; `values` holds each panel's inputs (FIELDS)."""
-        question = (question or "").strip()
-        if not question:
-            raise gr.Error("Type a question first.")
+        question = checked_prompt(question, services.settings.ui.max_prompt_chars, "question")
         shown = panels[: int(count)]
         inputs = [dict(zip(FIELDS, values[i * width : (i + 1) * width], strict=True)) for i in range(len(shown))]
         try:

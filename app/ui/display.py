@@ -12,12 +12,11 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from app.inert import inert_markdown, md_code, md_text
+from app.inert import inert_markdown, md_text
 from app.playground import PanelAnswer
 from app.rag import Citation
 from app.scoring.checks import FALSE_CLAIM, MISUSE, TERM, UNSUPPORTED, highlight
 from app.scoring.judge import AnswerScores
-from app.serving.client import ModelInfo
 
 Turn = dict[str, Any]  # {"role": "user" | "assistant", "content": str}
 MARK_COLORS = {TERM: "#c8f7c5", MISUSE: "#ffc9c9", FALSE_CLAIM: "#ffc9c9", UNSUPPORTED: "#ffe3b3"}
@@ -38,18 +37,10 @@ def shown_chat(history: Sequence[Turn], question: str, answer: PanelAnswer) -> l
     return [*turns, {"role": "user", "content": inert_markdown(question)}, {"role": "assistant", "content": text}]
 
 
-def status_line(base_url: str, models: list[ModelInfo] | None, error: str | None = None) -> str:
-    if error:
-        return f"**Server** `{base_url}` — ⚠️ {md_text(error)}"
-    adapters = [m.id for m in models or [] if m.is_adapter]
-    names = ", ".join(md_code(name) for name in adapters) or "none loaded"
-    return f"**Server** `{base_url}` — base model and {len(adapters)} adapter(s): {names}"
-
-
 def stats_line(answer: PanelAnswer, prices: tuple[float, float]) -> str:
-    """Time to first token, speed, token counts and cost of a finished answer."""
+    """Time to first token, speed, token counts and cost of a finished answer (and a note such as trimmed turns)."""
     if answer.first_token_s is None:
-        return ""
+        return f"⚠️ {answer.note}" if answer.note else ""
     parts = [f"first token {answer.first_token_s:.1f} s"]
     if answer.tokens_per_s is not None:
         parts.append(f"{answer.tokens_per_s:.0f} tokens/s")
@@ -58,6 +49,8 @@ def stats_line(answer: PanelAnswer, prices: tuple[float, float]) -> str:
     cost = answer.cost_per_1k_answers(*prices)
     if cost is not None:
         parts.append(f"≈ ${cost:.3f} per 1k answers")
+    if answer.note:
+        parts.append(f"⚠️ {answer.note}")
     return " · ".join(parts)
 
 

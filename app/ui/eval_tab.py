@@ -7,10 +7,13 @@ questions are the eval sets the app loaded (app.content).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import gradio as gr
 import pandas as pd
 
-from app.eval.report import CHART_METRICS, chart_records, table, verdicts_markdown
+from app.eval.report import CHART_METRICS, COLUMNS, chart_records, table, verdicts_markdown
 from app.eval.run import EvalError, by_domain, evaluate
 from app.eval.verdict import Summary
 from app.inert import md_text
@@ -27,10 +30,12 @@ INTRO = (
 )
 
 
-def chart_frame(summary: Summary | None, metric: str) -> pd.DataFrame:
-    """The bar chart's data: one bar per domain x configuration of `metric` (empty before the first run)."""
-    columns = ["bar", "domain", "configuration", "value"]
-    return pd.DataFrame(chart_records(summary, metric) if summary else [], columns=columns)
+def chart_frame(summary: Summary | None, metric: str) -> pd.DataFrame | None:
+    """The bar chart's data: one bar per domain x configuration of `metric`; None (no chart, never an empty frame:
+    after one, Gradio 6.31 draws the next values as axis labels instead of bars) before the first run."""
+    if summary is None:
+        return None
+    return pd.DataFrame(chart_records(summary, metric), columns=["bar", "domain", "configuration", "value"])
 
 
 def render(services: Services) -> None:
@@ -50,15 +55,17 @@ def render(services: Services) -> None:
         max_tokens = gr.Slider(16, 1024, value=settings.ui.max_tokens, step=16, label="Answer length (tokens)")
         run = gr.Button("Run eval", variant="primary")
     verdicts = gr.Markdown()
-    summary_table = gr.Dataframe(label="Summary", interactive=False, wrap=True)
+    summary_table = gr.Dataframe(headers=["domain", *COLUMNS.values()], label="Summary", interactive=False, wrap=True)
     metric = gr.Dropdown(
         [(label, key) for key, label in CHART_METRICS.items()], value="terminology_accuracy", label="Chart"
     )
     chart = gr.BarPlot(
-        chart_frame(None, "terminology_accuracy"), x="bar", y="value", color="configuration", x_title="",
-        y_title="value", x_label_angle=-40, height=360, sort=None,
+        None,  # never an empty frame first: Gradio 6.31 then draws the values as axis labels, not bars
+        x="bar", y="value", color="configuration", x_title="", y_title="value", x_label_angle=-40, height=360,
+        sort=None,
     )  # fmt: skip
     summary_state = gr.State(None)
+    outputs = [summary_table, verdicts, chart, summary_state, run]
 
     async def run_eval(  # noqa: PLR0917 - Gradio passes the inputs positionally
         chosen: list[str],
@@ -66,10 +73,14 @@ def render(services: Services) -> None:
         count: float,
         tokens: float,
         shown: str,
+        request: gr.Request,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's way to ask for progress
-    ) -> tuple[pd.DataFrame, str, pd.DataFrame, Summary]:
+    ) -> AsyncIterator[dict[Any, Any]]:
+        if not services.access.may_administer(request.username):
+            raise gr.Error(services.access.refusal())
         if not chosen or not specs:
             raise gr.Error("Pick at least one domain and one configuration.")
+        yield {run: gr.Button("Running …", interactive=False)}
         try:
             done = await evaluate(
                 services.playground,
@@ -79,19 +90,25 @@ def render(services: Services) -> None:
                 max_tokens=int(tokens),
             )
         except (EvalError, ServingError, RAGError) as exc:
-            raise gr.Error(str(exc)) from None
+            yield {verdicts: f"⚠️ {md_text(str(exc))}", run: gr.Button("Run eval", interactive=True)}
+            return
         headers, rows = table(done.summary, formatted=True)
-        return (
-            pd.DataFrame(rows, columns=headers),
-            verdicts_markdown(done.summary, done.warnings),
-            chart_frame(done.summary, shown),
-            done.summary,
-        )
+        failed = [f"- ⚠️ {md_text(r['id'])} · {md_text(r['spec'])}: {md_text(r['error'])}" for r in done.results
+                  if r["error"]]  # fmt: skip
+        yield {
+            summary_table: pd.DataFrame(rows, columns=headers),
+            verdicts: "\n".join([verdicts_markdown(done.summary, done.warnings), *failed]),
+            chart: chart_frame(done.summary, shown),
+            summary_state: done.summary,
+            run: gr.Button("Run eval", interactive=True),
+        }
 
     run.click(
         run_eval,
         [domain_choice, spec_choice, per_domain, max_tokens, metric],
-        [summary_table, verdicts, chart, summary_state],
+        outputs,
         api_name="eval_run",
+        concurrency_limit=1,  # one eval at a time, app-wide: it keeps the shared server busy
+        concurrency_id="eval",
     )
     metric.change(chart_frame, [summary_state, metric], chart, api_name="eval_chart")
