@@ -204,7 +204,10 @@ def _describe(error: Any, flags: dict[str, Any], path: Path | None) -> str:
     return f"{origin}: {key}: {message} (got {error['input']!r})"
 
 
-SECRETS = {("auth", "users"): "ARENA_AUTH__USERS or ARENA_AUTH__USERS_FILE", ("vllm", "api_key"): "ARENA_VLLM__API_KEY"}
+SECRETS = {  # (section, key) -> where it goes instead
+    ("auth", "users"): "ARENA_AUTH__USERS or ARENA_AUTH__USERS_FILE",
+    ("vllm", "api_key"): "ARENA_VLLM__API_KEY",
+}
 
 
 def _refuse_secrets(file_data: dict[str, Any], path: Path) -> None:
@@ -223,6 +226,8 @@ def load_settings(config_file: Path | str | None = None, overrides: dict[str, An
         model_config = SettingsConfigDict(yaml_file=path)
 
     try:
+        if path is not None:
+            _refuse_secrets(YamlConfigSettingsSource(Settings, yaml_file=path)(), path)
         values: dict[str, Any] = _nested(flags)
         return FromFile(**values)
     except ValidationError as exc:

@@ -51,6 +51,9 @@ class FakeOpenAI:
     adapters: list[str] = field(default_factory=list)
     scripts: dict[str, Script] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # each chat request's headers
+    hits: list[str] = field(default_factory=list)  # every other path requested (e.g. an image a page tried to load)
+    context: int = 2048  # the max_model_len /tokenize reports
     port: int = 0
 
     def script(self, model: str, text: str = "OK.", **options: Any) -> None:
@@ -70,10 +73,27 @@ class FakeOpenAI:
                         for name in self.adapters]  # fmt: skip
             return {"object": "list", "data": entries}
 
+        @api.post("/tokenize")
+        async def tokenize(request: Request) -> dict[str, Any]:
+            body = await request.json()
+            count = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4 + 8  # ~4 chars a token
+            return {"count": count, "max_model_len": self.context, "tokens": []}
+
+        @api.post("/v1/load_lora_adapter")
+        async def load(request: Request) -> JSONResponse:
+            self.adapters.append((await request.json())["lora_name"])
+            return JSONResponse("Success")
+
+        @api.post("/v1/unload_lora_adapter")
+        async def unload(request: Request) -> JSONResponse:
+            self.adapters.remove((await request.json())["lora_name"])
+            return JSONResponse("Success")
+
         @api.post("/v1/chat/completions", response_model=None)
         async def chat(request: Request) -> StreamingResponse | JSONResponse:
             body = await request.json()
             self.requests.append(body)
+            self.headers.append(dict(request.headers))
             model = body.get("model")
             if model not in (self.base, *self.adapters):
                 message = f"The model `{model}` does not exist."
@@ -83,6 +103,11 @@ class FakeOpenAI:
                 message = f"scripted failure {script.status}"
                 return JSONResponse({"error": {"message": message, "code": script.status}}, script.status)
             return StreamingResponse(self._stream(model, script), media_type="text/event-stream")
+
+        @api.get("/{path:path}")
+        async def anything_else(path: str) -> JSONResponse:
+            self.hits.append(f"/{path}")
+            return JSONResponse({"error": "not found"}, 404)
 
         return api
 
@@ -102,7 +127,7 @@ class FakeOpenAI:
         yield "data: [DONE]\n\n"
 
     def __enter__(self) -> FakeOpenAI:
-        self.port = free_port()
+        self.port = self.port or free_port()
         config = uvicorn.Config(self.app(), host="127.0.0.1", port=self.port, log_level="error", lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)

@@ -24,3 +24,17 @@ def processes_with(fragment: str) -> list[int]:
             if fragment in cmdline:
                 found.append(int(entry.name))
     return found
+
+
+def group_members(group: int) -> list[int]:
+    """The live processes of a process group (Linux /proc), zombies left out."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == group and fields[0] != "Z":
+                members.append(int(entry.name))
+    return members

@@ -19,7 +19,7 @@ from gradio_client import Client
 from app.serving.client import server_is_up
 from app.serving.process import VLLMServer, port_is_answered
 from tests.conftest import REPO, free_port
-from tests.ports import processes_with
+from tests.ports import group_members, processes_with
 
 UI_START_S = 300
 
@@ -42,13 +42,14 @@ class App:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def interrupt(self, timeout: float) -> int:
-        """Ctrl-C, then its exit status; fails with the tail of its output if it does not exit in time."""
-        self.process.send_signal(signal.SIGINT)
+    def stop(self, sig: signal.Signals, timeout: float) -> int:
+        """Ctrl-C (SIGINT) or SIGTERM, then its exit status; fails with its output's tail if it does not exit."""
+        self.process.send_signal(sig)
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"the app did not exit within {timeout} s of Ctrl-C; its output ends:\n{self.output()[-3000:]}")
+            tail = self.output()[-3000:]
+            pytest.fail(f"the app did not exit within {timeout} s of {sig.name}; its output ends:\n{tail}")
 
 
 @contextmanager
@@ -95,13 +96,16 @@ def test_app_uses_external_server(vllm_server: VLLMServer, app_data: Path, tmp_p
     env = {"ARENA_PATHS__DATA": str(app_data), "ARENA_VLLM__API_KEY": vllm_server.api_key}
     with running_app(["--vllm-url", vllm_server.base_url], env, tmp_path / "app.log") as app:
         assert "⚠️" not in ask(app.port)
-        assert app.interrupt(timeout=60) in (0, -signal.SIGINT, 130)
+        assert app.stop(signal.SIGINT, timeout=60) in (0, -signal.SIGINT, 130)
     assert server_is_up(vllm_server.base_url, vllm_server.api_key), (
         "stopping the app must not stop a server it did not start"
     )
 
 
-def test_ctrl_c_stops_app_and_its_vllm(model_dir: Path, app_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stopping_the_app_stops_every_vllm_process(
+    stop: signal.Signals, model_dir: Path, app_data: Path, tmp_path: Path
+) -> None:
     vllm_port = free_port()
     env = {
         "ARENA_PATHS__DATA": str(app_data),
@@ -111,12 +115,13 @@ def test_ctrl_c_stops_app_and_its_vllm(model_dir: Path, app_data: Path, tmp_path
     args = ["--model", str(model_dir), "--vllm-port", str(vllm_port)]
     with running_app(args, env, tmp_path / "app.log") as app:
         marker = f"--port {vllm_port}"
-        assert processes_with(marker), "the app must have started its own vLLM server"
+        (api_server,) = processes_with(marker)  # the app started its own vLLM server
+        assert len(group_members(api_server)) >= 2, "its API server and engine core share a process group"
         assert "⚠️" not in ask(app.port)
-        app.interrupt(timeout=90)
+        app.stop(stop, timeout=90)
         assert "vLLM ready" in app.output(), app.output()
     deadline = time.monotonic() + 30
-    while processes_with(marker) and time.monotonic() < deadline:
+    while group_members(api_server) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not processes_with(marker), "no vLLM process may outlive the app"
+    assert not group_members(api_server), "no vLLM process (API server, engine core, worker) may outlive the app"
     assert not port_is_answered("127.0.0.1", vllm_port), "nothing listens on its port any more"

@@ -90,7 +90,9 @@ class _ArenaTab:
         first = first_domain(services)
         gr.Markdown(HELP)
         self.domain = gr.Radio(list(self.content.domains), value=first, label="Domain")
-        start = self.pool_choices(first, set()) if first else []
+        # Every pool spec is a valid choice from the start (Gradio checks submitted values against the choices the
+        # component was built with, also after a session narrowed them); each session then sees what its server serves.
+        start = self.pool_choices(first, {self.content.domains[first].adapter}) if first else []
         self.pool = gr.CheckboxGroup(
             start,
             value=[spec for _, spec in start if spec in ARENA_DEFAULT_POOL],
