@@ -17,7 +17,7 @@ from __future__ import annotations
 import html
 import re
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>:/])")  # ":" and "/" too: no bare URL is linkified
 # Fenced code blocks (``` or ~~~, to the closing fence or the end) and inline code spans (matching backtick runs).
 _CODE = re.compile(r"(?P<fence>^[ \t]*(?P<mark>`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*(?P=mark)[ \t]*$|\Z))"
                    r"|(?P<span>(?P<ticks>`+).+?(?P=ticks))", re.MULTILINE | re.DOTALL)  # fmt: skip

@@ -15,9 +15,10 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app.arena.store import VoteStore
 from app.config import Settings
+from app.serving.client import ServingClient
 from app.serving.process import VLLMServer
 from app.ui import build_app
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, launched
 from tests.fake_openai import FakeOpenAI
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -170,3 +171,45 @@ def test_code_block_shows_html_literally_and_copies_raw(
     copied = page.evaluate("navigator.clipboard.readText()")
     assert "```html\n<b>bold</b>\n```" in copied, copied
     context.close()
+
+
+EVIL = (
+    '<script>window.leaked = 1</script> <img src="/leak-img" onerror="window.leaked = 2"> '
+    "![x](http://127.0.0.1:{port}/leak) [click](http://127.0.0.1:{port}/leak-link)"
+)
+
+
+def test_untrusted_text_stays_inert(
+    browser: Browser, fake_server: FakeOpenAI, server_settings: Settings, tmp_path: Path
+) -> None:
+    """Hostile text from the model and from a knowledge-base document: no script runs, no tag renders, and the image
+    that would call home is never fetched (the scripted server counts every request it gets)."""
+    evil = EVIL.format(port=fake_server.port)
+    kb = tmp_path / "kb" / "support"
+    kb.mkdir(parents=True)
+    (kb / "evil.md").write_text(f"# Plans <b>bold</b>\nSource: a hostile upload\n\nAcme Unlimited is $45. {evil}\n")
+    settings = server_settings.model_copy(
+        update={"paths": server_settings.paths.model_copy(update={"kb": tmp_path / "kb", "data": tmp_path / "data"})}
+    )
+    fake_server.script("base", f"Sure. {evil}")
+    with VoteStore.in_folder(tmp_path) as store:
+        demo = build_app(settings, ServingClient(fake_server.base_url, timeout_s=10), store=store)
+        with launched(demo) as url:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url)
+            page.get_by_label("Panel 1 model").wait_for()
+            page.wait_for_function("document.querySelector('input[aria-label=\"Panel 1 model\"]').value === 'base'")
+            page.get_by_label("RAG").first.check()
+            page.get_by_label("Your question").fill("How much is Acme Unlimited?")
+            page.get_by_role("button", name="Send to all").click()
+            expect(page.get_by_text("Sure.").first).to_be_visible(timeout=30_000)
+            page.get_by_text("Retrieved passages").first.click()
+            expect(page.get_by_text("a hostile upload").first).to_be_visible(timeout=30_000)
+            page.wait_for_timeout(1500)  # give any image or script the chance to load
+            page.screenshot(path=ARTIFACTS / "compare-inert.png", full_page=True)
+            assert page.evaluate("window.leaked") is None, "no script or event handler from the text ran"
+            assert page.locator("img[src*='leak'], img[onerror], script:text('leaked')").count() == 0
+            assert page.locator("a[href*='leak']").count() == 0, "no link from the text is clickable"
+            assert "<script>window.leaked" in page.locator(".bot").first.inner_text(), "the text is shown as text"
+            page.close()
+    assert not [hit for hit in fake_server.hits if "leak" in hit], f"the page fetched {fake_server.hits}"
