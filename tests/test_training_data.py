@@ -24,7 +24,8 @@ from app.content import (
     load_persona,
     word_count,
 )
-from app.scoring import extract_claims, forbidden_hits, persona_facts, reading_grade, unsupported_claims, voice_checks
+from app.scoring.checks import forbidden_hits, reading_grade, voice_checks
+from app.scoring.claims import extract_claims, persona_facts, unsupported_claims
 from tests.test_eval_splits import MAX_RATIO, MAX_TOKEN_SET_RATIO, _normalise
 
 REPO = Path(__file__).resolve().parent.parent
