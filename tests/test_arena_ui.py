@@ -30,6 +30,7 @@ from app.serving.client import ServingClient
 from app.serving.process import VLLMServer
 from app.setups import Setup
 from app.ui import build_app
+from app.ui.arena_tab import HIDDEN_ERROR
 from tests.conftest import free_port
 
 DOMAIN = "support"
@@ -181,10 +182,10 @@ def test_dead_server_fails_in_the_panels_and_the_vote_is_kept_unrated(
             pool, _ = client.predict(DOMAIN, api_name="/arena_domain")
             assert [choice[1] for choice in pool["choices"]] == POOL, "base-model configurations only"
             chat_a, chat_b, _, _, message = play(client, "Hello").outputs()[-1]
-            assert "not reachable" in answer_of(chat_a) and "not reachable" in answer_of(chat_b)
+            assert HIDDEN_ERROR in answer_of(chat_a) and HIDDEN_ERROR in answer_of(chat_b), "no reason before the vote"
             assert "A panel failed: you can still vote" in message
             reveal_a, _, _ = client.predict("Tie", api_name="/arena_vote")
-            assert "was **" in reveal_a
+            assert "was **" in reveal_a and "not reachable" in reveal_a, "the reason comes with the reveal"
             summary, table, *_ = client.predict("all", "tie", api_name="/leaderboard")
         finally:
             demo.close()

@@ -19,12 +19,14 @@ from gradio_client.exceptions import AppError
 from app.arena.store import VoteStore
 from app.auth import Access
 from app.config import ConfigError, Settings, load_settings
+from app.content import load_personas
 from app.rag import RAGStore
 from app.scoring.claims import unsupported_claims
 from app.services import Services
 from app.serving.client import ServingClient
 from app.ui import build_blocks, launch
 from app.ui.arena_tab import HIDDEN_ERROR
+from app.ui.compare import checked_prompt
 from tests.conftest import REPO, launched
 from tests.fake_openai import FakeOpenAI
 from tests.ports import free_port
@@ -228,3 +230,60 @@ def test_two_merges_with_one_name_at_once(fake_server: FakeOpenAI, server_settin
     refused = [message for message in messages if message.startswith("⚠️") and "already" in message]
     assert len(merged) == 1 and len(refused) == 1, messages
     assert fake_server.adapters.count("mix") == 1
+
+
+# --- bad input: what the model server does wrong, and odd text -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "shown"),
+    [
+        ({"status": 400}, "server said 400: scripted failure 400"),
+        ({"status": 503}, "server said 503: scripted failure 503"),
+        ({"fail_after": 2, "chunks": 6}, "not reachable"),  # the stream drops in the middle of the answer
+        ({"delay_s": 3.0}, "the model server timed out"),  # a hanging server, with the client's timeout at 1 s
+    ],
+    ids=["4xx", "5xx", "dropped-stream", "slow"],
+)
+def test_model_server_failures_end_in_their_panel(
+    fake_server: FakeOpenAI, server_settings: Settings, tmp_path: Path, script: dict[str, Any], shown: str
+) -> None:
+    fake_server.script("support", "A long answer that is cut off half way through.", **script)
+    with VoteStore.in_folder(tmp_path) as store:
+        services = Services.build(server_settings, ServingClient(fake_server.base_url, timeout_s=1), store=store)
+        with launched(build_blocks(services)) as url:
+            client = Client(url, verbose=False)
+            adapter_panel = ["support", *PANEL[1:]]
+            outputs = client.predict("Hello", "support", 2, *adapter_panel, *PANEL * 3, api_name="/answer_all")
+    failed, answered = outputs[0][-1]["content"][0]["text"], outputs[1][-1]["content"][0]["text"]
+    assert "⚠️" in failed and shown in failed, failed
+    assert answered == "OK.", "the other panel is not touched"
+
+
+def test_control_characters_and_broken_unicode_are_cleaned(
+    fake_server: FakeOpenAI, server_settings: Settings, tmp_path: Path
+) -> None:
+    with app_on(fake_server, server_settings, tmp_path) as url:
+        ask(Client(url, verbose=False), "What\x00 is\x07 a\x1b tort?\n")
+    assert fake_server.requests[-1]["messages"][-1]["content"] == "What is a tort?"
+    assert checked_prompt("a lone \ud800 surrogate", 100) == "a lone ? surrogate", "JSON can carry one; UTF-8 not"
+
+
+def test_out_of_range_sampling_is_refused(fake_server: FakeOpenAI, server_settings: Settings, tmp_path: Path) -> None:
+    with app_on(fake_server, server_settings, tmp_path) as url:
+        client = Client(url, verbose=False)
+        for index, value, message in ((3, 5.0, "greater than maximum"), (4, 0.0, "less than minimum"),
+                                      (5, 100_000, "greater than maximum")):  # fmt: skip
+            panel = list(PANEL)
+            panel[index] = value  # temperature, top-p, max tokens
+            with pytest.raises(AppError, match=message):
+                client.predict("Hi", "support", 2, *panel, *PANEL * 3, api_name="/answer_all")
+    assert not fake_server.requests
+
+
+def test_a_persona_file_that_is_not_utf8_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_bytes(b"name: broken\n\xff\xfe display_name: x\n")
+    (tmp_path / "generic.yaml").write_text((REPO / "personas" / "generic.yaml").read_text())
+    personas, problems = load_personas(tmp_path)
+    assert list(personas) == ["generic"], "the other personas still load"
+    assert [str(problem) for problem in problems] == [f"{tmp_path / 'broken.yaml'}: not UTF-8 text"]

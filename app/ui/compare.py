@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -35,12 +36,14 @@ HELP = (
     "neither the knowledge base nor the reference supports (orange)."
 )
 Updates = dict[Any, Any]
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # all but tab, newline, carriage return
 
 
 def checked_prompt(text: str | None, limit: int, what: str = "prompt") -> str:
-    """The user's text, stripped; gr.Error when it is empty or longer than ui.max_prompt_chars (checked here, on the
-    server: a client can send anything)."""
-    text = (text or "").strip()
+    """The user's text, stripped, without control characters or unpaired surrogates (which no tokenizer or HTTP
+    body wants); gr.Error when it is empty or longer than ui.max_prompt_chars (checked here, on the server: a client
+    can send anything)."""
+    text = CONTROL_CHARACTERS.sub("", (text or "").encode("utf-8", "replace").decode("utf-8")).strip()
     if not text:
         raise gr.Error(f"Type a {what} first.")
     if len(text) > limit:
