@@ -24,6 +24,7 @@ def panel_record(
         "setup": {**setup.record(), "label": setup.label, "spec": setup.spec} if setup else {"label": "invalid panel"},
         "answer": answer.text,
         "error": answer.error,
+        "finished": answer.done,
         "metrics": {
             "first_token_s": answer.first_token_s,
             "elapsed_s": answer.elapsed_s,
@@ -78,6 +79,8 @@ def to_markdown(record: Mapping[str, Any]) -> str:
         if setup.get("system_prompt"):
             lines += ["System prompt:", "", *(f"> {line}" for line in setup["system_prompt"].splitlines()), ""]
         lines.append(panel["answer"] or "*(no answer)*")
+        if panel.get("stopped"):
+            lines += ["", "*Stopped before it finished.*"]
         if panel["error"]:
             lines += ["", f"**Error:** {panel['error']}"]
         if panel["citations"]:

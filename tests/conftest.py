@@ -16,18 +16,25 @@ from pathlib import Path
 import gradio as gr
 import pytest
 from gradio_client import Client
+from playwright.sync_api import Browser, sync_playwright
 
 from app.arena.store import VoteStore, sqlite_url
 from app.config import Settings, load_settings
 from app.model_prep import DEFAULT_OUT, prepare
 from app.serving.client import ServingClient
 from app.serving.process import VLLMServer
-from app.ui import build_app
+from app.ui import CSS, build_app
 from tests.fake_openai import FakeOpenAI
 from tests.ports import free_port
 from tests.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +80,7 @@ def vllm_server(server_settings: Settings) -> Iterator[VLLMServer]:
 def launched(demo: gr.Blocks) -> Iterator[str]:
     """`demo` served on a free loopback port; yields its URL."""
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -144,3 +151,13 @@ def vote_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return sqlite_url(tmp_path / "arena.db")
     return request.getfixturevalue("postgres_database")
+
+
+@pytest.fixture(scope="module")  # per module: Playwright's sync API must not outlive into the async tests
+def browser() -> Iterator[Browser]:
+    assert CHROMIUM.exists(), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
+    with sync_playwright() as playwright:
+        # Playwright gives each launch a fresh, empty profile of its own.
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

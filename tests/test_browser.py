@@ -11,7 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from app.arena.store import VoteStore
 from app.config import Settings
@@ -21,11 +21,6 @@ from app.ui import build_app
 from tests.conftest import REPO, free_port, launched
 from tests.fake_openai import FakeOpenAI
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 ARTIFACTS = REPO / "test-artifacts"
 
 
@@ -42,16 +37,6 @@ def app_url(
     finally:
         demo.close()
         store.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert CHROMIUM.exists(), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
-    with sync_playwright() as playwright:
-        # Playwright gives each launch a fresh, empty profile of its own.
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def panel_texts(page: Page) -> list[str]:

@@ -76,12 +76,12 @@ def test_the_new_domain_is_read_from_its_files(tmp_path: Path) -> None:
 def test_compare_arena_and_eval_serve_the_new_domain(garden: tuple[Services, FakeOpenAI, str]) -> None:
     services, fake, url = garden
     client = Client(url, verbose=False)
-    _status, *values = client.predict("garden", "classic four-way", "", api_name="/apply_preset")
-    models, (count, _examples, question), fields = values[:4], values[4:7], values[7:]
+    _status, count, _examples, question, *fields = client.predict("garden", "classic four-way", "",
+                                                                  api_name="/apply_preset")  # fmt: skip
     assert count == 4 and question == QUESTION
-    assert [m["value"] for m in models] == ["base", "garden-lora", "base", "garden-lora"], "its adapter, by policy"
-    assert fields[0::4] == ["gardener", "gardener", "gardener", "none"], "its persona"
-    assert fields[2::4] == [False, False, True, True] and fields[3::4][2] == "garden", "its knowledge base"
+    assert [m["value"] for m in fields[0::5]] == ["base", "garden-lora", "base", "garden-lora"], "its adapter"
+    assert fields[1::5] == ["gardener", "gardener", "gardener", "none"], "its persona"
+    assert fields[3::5] == [False, False, True, True] and fields[4::5][2] == "garden", "its knowledge base"
 
     pool, examples = client.predict("garden", api_name="/arena_domain")
     assert [spec for _, spec in pool["choices"]] == ["base", "base+persona", "base+persona+rag", "adapter+persona",

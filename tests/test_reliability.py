@@ -26,7 +26,7 @@ from app.services import Services
 from app.serving.client import ServingClient
 from app.ui import build_blocks, launch
 from app.ui.arena_tab import HIDDEN_ERROR
-from app.ui.compare import checked_prompt
+from app.ui.panel import checked_prompt
 from tests.conftest import REPO, launched
 from tests.fake_openai import FakeOpenAI
 from tests.ports import free_port

@@ -51,7 +51,7 @@ def panel(model: str | None = "base", *, tokens: int = 32, rag: bool = False, kb
           seed: int | None = None) -> list:  # fmt: skip
     """One panel's inputs to /answer_all: model, persona, system prompt, temperature, top-p, max tokens, seed, RAG on,
     knowledge base (its conversation is session State, not an input)."""
-    return [model, persona, system, temperature, 1.0, tokens, seed, rag, kb]
+    return [model, persona, system, temperature, 1.0, tokens, "" if seed is None else str(seed), rag, kb]
 
 
 def ask(client: Client, question: str, *panels: list, domain: str = "support") -> Job:
@@ -100,24 +100,25 @@ async def test_four_adapters_stream_at_once_and_a_missing_one_fails_alone(
 
 
 async def test_preset_sets_up_the_classic_comparison(ui_client: Client, shipped_adapters: list[str]) -> None:
-    status, *values = ui_client.predict("legal", "classic four-way", "", api_name="/apply_preset")
-    models, (count, _examples, question), fields = values[:4], values[4:7], values[7:]
+    status, count, _examples, question, *fields = ui_client.predict("legal", "classic four-way", "",
+                                                                    api_name="/apply_preset")  # fmt: skip
+    models, personas, prompts, rag_on = fields[0::5], fields[1::5], fields[2::5], fields[3::5]  # per panel
     assert "4 adapter(s)" in status and count == 4
     assert [m["value"] for m in models] == ["base", "legal", "base", "legal"]
-    personas, rag_on = fields[0::4], fields[2::4]
     assert personas == ["legal", "legal", "legal", "none"], personas
     assert rag_on == [False, False, True, True]
     content = load_content()
-    assert fields[1] == content.personas["legal"].system_prompt, "the persona's system prompt is filled in"
+    assert prompts[0] == content.personas["legal"].system_prompt, "the persona's system prompt is filled in"
     assert question == content.evals["legal"][0].question, "an empty question gets the domain's example"
     assert list(PRESETS)[-1] == "classic four-way"
 
 
 def test_preset_falls_back_to_base_without_adapters(ui_client: Client) -> None:
-    status, *values = ui_client.predict("medical", next(iter(PRESETS)), "My question", api_name="/apply_preset")
+    status, count, _examples, question, *fields = ui_client.predict("medical", next(iter(PRESETS)), "My question",
+                                                                    api_name="/apply_preset")  # fmt: skip
     assert "base model and 0 adapter(s)" in status
-    assert [m["value"] for m in values[:4]] == ["base"] * 4
-    assert values[4] == 2 and "value" not in values[6], "a question the user typed is kept"
+    assert [m["value"] for m in fields[0::5]] == ["base"] * 4
+    assert count == 2 and "value" not in question, "a question the user typed is kept"
 
 
 def test_persona_seed_and_term_check(ui_client: Client) -> None:
@@ -167,7 +168,7 @@ def test_failing_panel_does_not_break_the_other(ui_client: Client) -> None:
 
 def test_huge_prompt_is_refused_and_the_app_goes_on(ui_client: Client) -> None:
     huge = "Please summarise: " + "lorem ipsum " * 3000  # far more tokens than the model's context
-    with pytest.raises(AppError, match=r"Your question is 36,018 characters; the limit is 4,000"):
+    with pytest.raises(AppError, match=r"Your question is 36,017 characters; the limit is 4,000"):
         ask(ui_client, huge, panel(), panel(rag=True)).result(timeout=120)
     chat, *_ = ask(ui_client, "Hello", panel(tokens=16), panel(tokens=16)).result(timeout=120)
     assert answer_of(chat).strip() and "⚠️" not in answer_of(chat), "the next question is answered as usual"
@@ -229,9 +230,11 @@ def test_sources_are_listed_and_escaped() -> None:
     )  # fmt: skip
     listing, passages = sources_markdown([evil])
     assert "\\[1\\]" in listing and "Guide" in listing and "score 0.81" in listing
-    assert "<b>" not in listing and "&lt;b&gt;Plans&lt;/b&gt;" in listing
+    assert "<b>" not in listing and "&lt;b&gt;Plans&lt;\\/b&gt;" in listing
     assert "<script>" not in passages and "&lt;script&gt;" in passages
-    assert "![x](" not in passages and "\\!\\[x\\]\\(" in passages, "KB markdown must not load remote images"
+    assert "![x](" not in passages and "evil.example" not in passages, "KB links and images are reduced to their text"
+    twice, _ = sources_markdown([evil, evil])
+    assert twice.count("Guide") == 1 and "\\[1\\] \\[2\\]" in twice, "one line per document, with its passages"
     assert sources_markdown([]) == ("", "")
 
 

@@ -16,6 +16,7 @@ as whole tokens and "$45" does not match inside "$450".
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -116,15 +117,32 @@ def groundedness(
     """Share of answer sentences whose best cosine similarity to a context sentence reaches `threshold`.
 
     Context passages are split into sentences too: a whole 800-character chunk dilutes the one sentence that
-    supports a claim. None when there is no context or the answer has no sentence long enough to judge.
+    supports a claim. A sentence repeated counts once, so a loop of one grounded sentence does not score 100 %. None
+    when there is no context or the answer has no sentence long enough to judge.
     """
-    claims = sentences(answer)
+    claims = list(dict.fromkeys(sentences(answer)))
     support = [s for passage in context for s in sentences(passage, min_words=3)]
     if not claims or not support:
         return None
     vectors = np.asarray(embed(claims + support), dtype=float)
     similarity = vectors[: len(claims)] @ vectors[len(claims) :].T
     return float((similarity.max(axis=1) >= threshold).mean())
+
+
+LOOP_WORDS = 6  # a phrase this long ...
+LOOP_REPEATS = 3  # ... said this many times is a loop ("No, no, no, ...", one sentence repeated to the token limit)
+
+
+def repeats(text: str, words: int = LOOP_WORDS) -> int:
+    """How many times the answer's most repeated run of `words` words occurs (case and punctuation aside)."""
+    tokens = re.findall(r"\w+(?:['’]\w+)?", text.lower())
+    counts = Counter(tuple(tokens[i : i + words]) for i in range(len(tokens) - words + 1))
+    return max(counts.values(), default=0)
+
+
+def loops(text: str) -> bool:
+    """True when some phrase of LOOP_WORDS words comes LOOP_REPEATS times or more."""
+    return repeats(text) >= LOOP_REPEATS
 
 
 TERM, MISUSE, FALSE_CLAIM, UNSUPPORTED = "term", "misuse", "false claim", "unsupported"  # highlight labels

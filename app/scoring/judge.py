@@ -17,6 +17,7 @@ from app.content import Content, Domain, EvalItem, Persona
 from app.rag import Citation, RAGStore, embeddings
 from app.scoring.checks import (
     FALSE_CLAIM,
+    LOOP_REPEATS,
     MISUSE,
     TERM,
     UNSUPPORTED,
@@ -25,6 +26,7 @@ from app.scoring.checks import (
     forbidden_hits,
     glossary_hits,
     groundedness,
+    repeats,
     style_score,
     terminology_accuracy,
     voice_checks,
@@ -44,6 +46,11 @@ class AnswerScores:
     unsupported: list[str] = field(default_factory=list)
     groundedness: float | None = None
     voice: dict[str, bool] = field(default_factory=dict)
+    repeats: int = 0  # occurrences of the answer's most repeated 6-word phrase (3 or more: it loops)
+
+    @property
+    def loops(self) -> bool:
+        return self.repeats >= LOOP_REPEATS
 
     @property
     def hallucination(self) -> bool:
@@ -64,6 +71,8 @@ class AnswerScores:
             "groundedness": self.groundedness,
             "voice": self.voice,
             "style_score": self.style_score,
+            "repeats": self.repeats,
+            "loops": self.loops,
             "glossary_terms": sorted({hit.term for hit in self.glossary if not hit.misuse}),
             "misuses": sorted({hit.form for hit in self.glossary if hit.misuse}),
         }
@@ -107,6 +116,7 @@ def score_answer(
         unsupported=unsupported_claims(answer, known) if has_evidence else [],
         groundedness=groundedness(answer, context, embed) if context and embed else None,
         voice=voice_checks(answer, persona.style) if persona and check_voice else {},
+        repeats=repeats(answer),
     )
 
 

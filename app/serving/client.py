@@ -129,7 +129,7 @@ class ServingClient:
         try:
             result = await self._client.post(f"{root}/tokenize", body=body, cast_to=object)
         except openai.OpenAIError as exc:
-            raise ServingError(f"cannot count tokens for model '{model}': {_reason(exc)}") from exc
+            raise ServingError(f"model '{model}': {_reason(exc)}") from exc
         if not isinstance(result, dict) or not isinstance(result.get("count"), int):
             raise ServingError(f"the server at {root} answered /tokenize without a token count")
         return int(result["count"]), int(result.get("max_model_len") or 0)

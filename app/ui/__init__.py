@@ -23,6 +23,12 @@ INTRO = (
 )
 
 
+# Wide tables scroll sideways on a phone instead of squeezing their columns out of sight.
+CSS = """
+.table-wrap { overflow-x: auto !important; }
+"""
+
+
 def build_app(
     settings: Settings,
     client: ServingClient,
@@ -39,21 +45,22 @@ def build_blocks(services: Services) -> gr.Blocks:
     """The whole UI on services built already (one Setup path, one judge, one store for every tab)."""
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
-        with gr.Tab("Compare"):
-            refresh_models = compare.render(services, demo)
-        with gr.Tab("Arena"):
-            arena = arena_tab.render(services, demo)
-        with gr.Tab("Leaderboard") as leaderboard:
-            refresh_leaderboard = leaderboard_tab.render(services.store, services.content)
-        leaderboard.select(**refresh_leaderboard)
-        for event in arena.votes:
-            event.success(**refresh_leaderboard)
-        with gr.Tab("Adapters") as adapters:
-            for event in adapters_tab.render(services, demo):
-                event.success(**refresh_models)  # a loaded or unloaded adapter shows up in the panels' dropdowns
-                event.success(**arena.refresh_pool)  # ... and in the arena's pool
-        with gr.Tab("Eval") as evaluation:
-            eval_tab.render(services)
+        with gr.Tabs(overflow_behavior="wrap"):  # on a phone all five tabs show, on two rows
+            with gr.Tab("Compare"):
+                refresh_models = compare.render(services, demo)
+            with gr.Tab("Arena"):
+                arena = arena_tab.render(services, demo)
+            with gr.Tab("Leaderboard") as leaderboard:
+                refresh_leaderboard = leaderboard_tab.render(services.store, services.content)
+            leaderboard.select(**refresh_leaderboard)
+            for event in arena.votes:
+                event.success(**refresh_leaderboard)
+            with gr.Tab("Adapters") as adapters:
+                for event in adapters_tab.render(services, demo):
+                    event.success(**refresh_models)  # a loaded or unloaded adapter shows up in the panels' dropdowns
+                    event.success(**arena.refresh_pool)  # ... and in the arena's pool
+            with gr.Tab("Eval") as evaluation:
+                eval_tab.render(services)
 
         def show_admin_tabs(request: gr.Request) -> list[gr.Tab]:
             """The admin tabs are hidden from others; their handlers check the role again."""
@@ -72,6 +79,7 @@ def launch(demo: gr.Blocks, settings: Settings, **options: Any) -> None:
         server_name=settings.ui.host,
         server_port=settings.ui.port,
         show_error=True,
+        css=CSS,
         auth=access.check_password if access.login_required else None,
         auth_message="Adapter Arena: sign in with the account you were given." if access.login_required else None,
         **options,

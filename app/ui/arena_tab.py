@@ -31,8 +31,9 @@ from app.playground import PanelAnswer
 from app.services import Services
 from app.serving.client import ServingError
 from app.setups import ARENA_DEFAULT_POOL, ARENA_POOL, DEFAULT_TEMPERATURE, Setup
-from app.ui.compare import checked_prompt, first_domain
+from app.ui.compare import first_domain
 from app.ui.display import scores_label, shown_chat, stats_line
+from app.ui.panel import checked_prompt
 
 HELP = (
     "**Blind A/B test.** Pick a domain and tick the configurations that may compete (the *pool*), type a prompt or "
@@ -40,6 +41,9 @@ HELP = (
     "side by side as **Model A** and **Model B**. Read both, then vote. Only after your vote are the configurations "
     "revealed, so that your vote is about the answers, not the names. Votes feed the *Leaderboard* tab and its "
     "preference-data export. A panel that failed still takes a vote; it is kept but not rated."
+)
+SCROLL_TO_ANSWERS = (
+    "() => document.getElementById('arena-answers')?.scrollIntoView({behavior: 'smooth', block: 'start'})"
 )
 HIDDEN_ERROR = "this model could not answer; the reason is shown after your vote"
 VOTES: dict[str, Outcome] = {"A is better": "a", "B is better": "b", "Tie": "tie", "Both are bad": "both_bad"}
@@ -99,7 +103,14 @@ class _ArenaTab:
             label="Pool: the configurations that may answer (two are drawn each round)",
         )
         with gr.Row():
-            self.prompt = gr.Textbox(label="Your prompt", placeholder="Ask something in this domain", lines=2, scale=5)
+            self.prompt = gr.Textbox(
+                label="Your prompt",
+                placeholder="Ask something in this domain, then Enter",
+                lines=1,
+                max_lines=6,
+                scale=5,
+                max_length=self.settings.ui.max_prompt_chars,
+            )
             with gr.Column(scale=1, min_width=140):
                 self.new_round = gr.Button("New round", variant="primary")
         self.example = gr.Dropdown(self.examples(first) if first else [], value=None, label="Example prompts")
@@ -110,7 +121,7 @@ class _ArenaTab:
             gr.Markdown("Sampling other than the defaults becomes part of a configuration's name on the leaderboard.")
         self.chats: list[gr.Chatbot] = []
         self.reveals: list[gr.Markdown] = []
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=True, elem_id="arena-answers"):
             for side in "AB":
                 with gr.Column(min_width=260):
                     self.chats.append(
@@ -300,6 +311,7 @@ class _ArenaTab:
             outputs=[*self.chats, *self.reveals, *self.buttons, self.message, self.current, self.rng],
             api_name="arena_round",
         )
+        gr.on([self.new_round.click, self.prompt.submit], None, js=SCROLL_TO_ANSWERS)
         # One vote at a time, app-wide (a vote takes milliseconds), so a double click cannot store a round twice.
         votes = [
             button.click(

@@ -9,6 +9,7 @@ ever read back.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,9 @@ from app.scoring.checks import FALSE_CLAIM, MISUSE, TERM, UNSUPPORTED, highlight
 from app.scoring.judge import AnswerScores
 
 Turn = dict[str, Any]  # {"role": "user" | "assistant", "content": str}
+MARKDOWN_HEADING = re.compile(r"^\s{0,3}#{1,6}\s*", re.MULTILINE)
+MARKDOWN_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+MARKDOWN_EMPHASIS = re.compile(r"\*\*|__|(?<!\w)[*_](?=\S)|(?<=\S)[*_](?!\w)")
 MARK_COLORS = {TERM: "#c8f7c5", MISUSE: "#ffc9c9", FALSE_CLAIM: "#ffc9c9", UNSUPPORTED: "#ffe3b3"}
 
 
@@ -63,6 +67,8 @@ def scores_label(scores: AnswerScores) -> str:
                         (sum(hit.misuse for hit in scores.glossary), "misuse")):  # fmt: skip
         if count:
             parts.append(f"{count} {what}{'s' if count > 1 else ''}")
+    if scores.loops:
+        parts.append(f"loops: a phrase repeats {scores.repeats}×")
     if scores.groundedness is not None:
         parts.append(f"grounded {scores.groundedness:.0%}")
     if scores.voice:
@@ -78,23 +84,40 @@ def marked_html(text: str, scores: AnswerScores) -> str:
         for piece, label in highlight(text, scores.marks())
     )  # fmt: skip
     legend = " ".join(f'<mark style="background:{color}">{label}</mark>' for label, color in MARK_COLORS.items())
-    return (
-        f'<div class="term-check"><p><strong>{html.escape(scores_label(scores))}</strong> {legend}</p>'
-        f'<p style="white-space:pre-wrap">{pieces}</p></div>'
+    return (  # collapsed: the answer is already shown once, in the chat above
+        f'<details class="term-check"><summary><strong>{html.escape(scores_label(scores))}</strong> (show the '
+        f'answer marked)</summary><p>{legend}</p><p style="white-space:pre-wrap">{pieces}</p></details>'
     )
+
+
+def plain_passage(text: str) -> str:
+    """A knowledge-base passage as plain text: its own Markdown (headings, emphasis, links) would only show up as
+    literal `##` and `**` once escaped."""
+    text = MARKDOWN_HEADING.sub("", text)
+    text = MARKDOWN_LINK.sub(r"\1", text)
+    return MARKDOWN_EMPHASIS.sub("", text)
 
 
 def sources_markdown(citations: Sequence[Citation]) -> tuple[str, str]:
-    """The sources list ([n] title — source — score) and the retrieved passages, both escaped."""
+    """The sources list — one line per document, with the passage numbers taken from it and its best score — and the
+    retrieved passages as plain text; both escaped."""
     if not citations:
         return "", ""
-    listing = "\n".join(
-        f"- **\\[{n}\\]** {md_text(c.title)} — {md_text(c.source or c.path)} — score {c.score:.2f}"
-        for n, c in enumerate(citations, 1)
-    )
+    documents: dict[str, list[tuple[int, Citation]]] = {}
+    for number, citation in enumerate(citations, 1):
+        documents.setdefault(citation.path, []).append((number, citation))
+    lines = []
+    for path, found in documents.items():
+        numbers = " ".join(f"\\[{number}\\]" for number, _ in found)
+        first = found[0][1]
+        best = max(citation.score for _, citation in found)
+        lines.append(
+            f"- **{numbers}** {md_text(first.title)} — {md_text(first.source or path)} — best score {best:.2f}"
+        )
+    listing = "\n".join(lines)
     passages = "\n\n".join(
         f"**\\[{n}\\] {md_text(c.title)}**{' — ' + md_text(c.heading) if c.heading else ''} ({md_text(c.path)})\n\n"
-        + "\n".join(f"> {md_text(line)}" for line in c.text.splitlines())
+        + "\n".join(f"> {md_text(line)}" for line in plain_passage(c.text).splitlines())
         for n, c in enumerate(citations, 1)
     )
     return f"**Sources**\n\n{listing}", passages

@@ -55,13 +55,15 @@ def render(services: Services) -> None:
         max_tokens = gr.Slider(16, 1024, value=settings.ui.max_tokens, step=16, label="Answer length (tokens)")
         run = gr.Button("Run eval", variant="primary")
     verdicts = gr.Markdown()
-    summary_table = gr.Dataframe(headers=["domain", *COLUMNS.values()], label="Summary", interactive=False, wrap=True)
+    summary_table = gr.Dataframe(headers=["domain", *COLUMNS.values()], label="Summary", interactive=False, wrap=True,
+                                 elem_id="eval-summary")  # fmt: skip
     metric = gr.Dropdown(
         [(label, key) for key, label in CHART_METRICS.items()], value="terminology_accuracy", label="Chart"
     )
     chart = gr.BarPlot(
         None,  # never an empty frame first: Gradio 6.31 then draws the values as axis labels, not bars
         x="bar", y="value", color="configuration", x_title="", y_title="value", x_label_angle=-40, height=360,
+        elem_id="eval-chart",
         sort=None,
     )  # fmt: skip
     summary_state = gr.State(None)

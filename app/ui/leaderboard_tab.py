@@ -35,6 +35,7 @@ from app.content import Content
 from app.inert import md_text
 
 ALL = "all"
+TABLE_WIDTHS: list[str | int] = ["70px", "260px", "170px", "120px", "70px", "70px"]  # one per header below
 HEADERS = ["rank", "configuration", "rating (Bradley–Terry)", "95% CI", "Elo", "votes"]
 CHART_MARGIN = 50.0  # rating points above and below the plotted values
 CHART_COLORS = {"rating": "#1f77b4", "95% CI low": "#9e9e9e", "95% CI high": "#9e9e9e"}
@@ -138,7 +139,8 @@ def render(store: VoteStore, content: Content) -> dict[str, Any]:
         )
         refresh_button = gr.Button("Refresh", size="sm", scale=0, min_width=100)
     summary = gr.Markdown()
-    table = gr.Dataframe(standings_frame([]), interactive=False, label="Leaderboard", wrap=True)
+    table = gr.Dataframe(standings_frame([]), interactive=False, label="Leaderboard", wrap=True,
+                         column_widths=TABLE_WIDTHS)  # fmt: skip  # fixed widths: a phone scrolls sideways
     chart = gr.ScatterPlot(
         None,  # never an empty frame: after one, Gradio 6.31 draws no points on the next update
         x="configuration",

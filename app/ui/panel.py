@@ -7,6 +7,7 @@ shows it (app.ui.display).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from app.setups import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Setup
 from app.ui.display import sources_markdown
 
 NO_PERSONA = "none"
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # all but tab, newline, carriage return
 FIELDS = ("model", "history", "persona", "system_prompt", "temperature", "top_p", "max_tokens", "seed", "use_rag", "kb")
 
 
@@ -35,7 +37,7 @@ class PanelControls:
     temperature: gr.Slider
     top_p: gr.Slider
     max_tokens: gr.Slider
-    seed: gr.Number
+    seed: gr.Textbox
     use_rag: gr.Checkbox
     kb: gr.Dropdown
     chatbot: gr.Chatbot
@@ -65,7 +67,8 @@ def build_panel(index: int, settings: Settings, persona_names: list[str], kb_nam
             top_p = gr.Slider(0.05, 1.0, value=DEFAULT_TOP_P, step=0.05, label="Top-p")
             max_tokens = gr.Slider(16, settings.ui.max_tokens * 4, value=settings.ui.max_tokens, step=16,
                                    label="Max tokens")  # fmt: skip
-            seed = gr.Number(label="Seed (blank = random)", precision=0)
+            # A Textbox, not a Number: Gradio 6.31's Number turns blank into 0 once its accordion is opened.
+            seed = gr.Textbox(label="Seed (blank = random)", placeholder="random", max_lines=1)
         chatbot = gr.Chatbot(label=f"Panel {index + 1}", height=380, sanitize_html=True, allow_tags=False,
                              buttons=["copy", "copy_all"])  # fmt: skip
         history = gr.State([])
@@ -86,7 +89,10 @@ def panel_setup(values: Mapping[str, Any], base_model: str, personas: Mapping[st
     persona = personas.get(values["persona"] or "")
     prompt = (values["system_prompt"] or "").strip()
     is_persona = persona is not None and prompt == persona.system_prompt.strip()
-    seed = values["seed"]
+    try:
+        seed = parse_seed(values["seed"])
+    except ValueError as exc:
+        raise ValueError(f"seed: {exc}") from None
     try:
         return Setup(
             adapter=None if values["model"] in (None, "", base_model) else values["model"],
@@ -96,8 +102,31 @@ def panel_setup(values: Mapping[str, Any], base_model: str, personas: Mapping[st
             temperature=values["temperature"],
             top_p=values["top_p"],
             max_tokens=int(values["max_tokens"]),
-            seed=None if seed is None or seed == "" else int(seed),
+            seed=seed,
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'panel'}: {e['msg']}" for e in exc.errors())
         raise ValueError(problems) from None
+
+
+def parse_seed(value: object) -> int | None:
+    """Blank (or None) means random; otherwise a whole number of 0 or more."""
+    text = "" if value is None else str(value).strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ValueError(f"expected a whole number of 0 or more, or blank for random; got {text!r}")
+    return int(text)
+
+
+def checked_prompt(text: str | None, limit: int, what: str = "prompt") -> str:
+    """The user's text, stripped, without control characters or unpaired surrogates (which no tokenizer or HTTP
+    body wants); gr.Error when it is empty or longer than ui.max_prompt_chars (checked here, on the server: a client
+    can send anything)."""
+    text = CONTROL_CHARACTERS.sub("", (text or "").encode("utf-8", "replace").decode("utf-8")).strip()
+    if not text:
+        raise gr.Error(f"Type a {what} first.")
+    if len(text) > limit:
+        raise gr.Error(f"Your {what} is {len(text):,} characters; the limit is {limit:,} (ui.max_prompt_chars). "
+                       "Shorten it, or ask about one part at a time.")  # fmt: skip
+    return text
