@@ -114,6 +114,9 @@ class Playground:
                 top_p=setup.top_p,
                 max_tokens=setup.max_tokens,
                 seed=setup.seed,
+                repetition_penalty=setup.repetition_penalty,
+                frequency_penalty=setup.frequency_penalty,
+                presence_penalty=setup.presence_penalty,
             ):
                 now = time.monotonic() - started
                 if delta.text:

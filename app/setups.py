@@ -27,7 +27,14 @@ from app.content import NAME_PATTERN, Domain, Persona
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 1.0
 DEFAULT_MAX_TOKENS = 256
-SAMPLING = ("temperature", "top_p", "max_tokens", "seed")  # the `@key=value` part of a spec, in this order
+# The `@key=value` part of a spec, in this order. The repetition controls are vLLM's: repetition_penalty divides the
+# logits of tokens already in the prompt or answer (1 = off); frequency and presence penalties are OpenAI's.
+SAMPLING = ("temperature", "top_p", "max_tokens", "seed", "repetition_penalty", "frequency_penalty", "presence_penalty")
+REPETITION = ("repetition_penalty", "frequency_penalty", "presence_penalty")
+# What the Compare panels, the Arena and the eval start from, chosen by measurement on the eval sets (docs/eval.md,
+# "Repetition"): loops fall without costing terminology. A Setup's own defaults stay neutral (1, 0, 0), the values
+# earlier votes and cached answers were made with.
+RECOMMENDED: dict[str, float] = {"repetition_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0}
 
 # Every domain-relative spec, in the one order charts and tables use (colours mean the same everywhere).
 RECIPES = (
@@ -69,6 +76,9 @@ class Setup(BaseModel):
     top_p: float = Field(DEFAULT_TOP_P, gt=0.0, le=1.0)
     max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1, le=8192)
     seed: int | None = Field(None, ge=0)
+    repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description="1 = off; 1.1-1.3 curbs loops")
+    frequency_penalty: float = Field(0.0, ge=0.0, le=2.0)
+    presence_penalty: float = Field(0.0, ge=0.0, le=2.0)
 
     @model_validator(mode="after")
     def _one_prompt(self) -> Self:
@@ -86,9 +96,10 @@ class Setup(BaseModel):
         return personas[self.persona].system_prompt
 
     def record(self) -> dict[str, Any]:
-        """The Setup as stored with votes and eval answers (JSON); `system_prompt` only when there is one, so records
-        (and cache keys) written before custom prompts existed stay valid."""
-        return self.model_dump(mode="json", exclude={"system_prompt"} if self.system_prompt is None else None)
+        """The Setup as stored with votes and eval answers (JSON). Fields added later are left out while they have
+        their default (the value earlier records meant), so records and cache keys written before them stay valid."""
+        later = ("system_prompt", *REPETITION)
+        return self.model_dump(mode="json", exclude={name for name in later if getattr(self, name) == _DEFAULTS[name]})
 
     @property
     def sampling(self) -> dict[str, Any]:
@@ -127,7 +138,15 @@ class Setup(BaseModel):
             parts.append("custom prompt")
         if self.rag:
             parts.append(f"RAG({self.rag})")
-        names = {"temperature": "T={:g}", "top_p": "top-p={:g}", "max_tokens": "{} tokens", "seed": "seed {}"}
+        names = {
+            "temperature": "T={:g}",
+            "top_p": "top-p={:g}",
+            "max_tokens": "{} tokens",
+            "seed": "seed {}",
+            "repetition_penalty": "rep {:g}",
+            "frequency_penalty": "freq {:g}",
+            "presence_penalty": "pres {:g}",
+        }
         sampling = [names[key].format(value) for key, value in self.sampling.items()]
         return " + ".join(parts) + (f" ({', '.join(sampling)})" if sampling else "")
 
@@ -162,6 +181,9 @@ class Setup(BaseModel):
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'setup'}: {e['msg']}" for e in exc.errors())
             raise SpecError(f"spec {spec!r}: {problems}") from None
+
+
+_DEFAULTS = Setup().model_dump()
 
 
 def _number(value: float) -> str:

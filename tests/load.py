@@ -20,6 +20,8 @@ from typing import Any
 
 from gradio_client import Client
 
+from tests.panels import panel
+
 QUESTIONS = (
     "How much is Acme Unlimited per month?",
     "What is a tort?",
@@ -77,7 +79,7 @@ def _panel(rng: random.Random, max_tokens: int) -> list[Any]:
     """One panel's inputs (tests/test_ui.py: panel()): the base model, a persona or none, RAG sometimes."""
     persona = rng.choice(PERSONAS)
     rag = rng.random() < 0.3
-    return ["base", persona, "", 0.0, 1.0, max_tokens, None, rag, "support" if rag else None]
+    return panel(persona=persona, tokens=max_tokens, rag=rag, kb="support" if rag else None)
 
 
 def _user(url: str, number: int, *, until: float, max_tokens: int, report: LoadReport, lock: threading.Lock) -> None:

@@ -19,6 +19,7 @@ from gradio_client import Client
 from app.serving.client import server_is_up
 from app.serving.process import VLLMServer, port_is_answered
 from tests.conftest import REPO, free_port
+from tests.panels import panel
 from tests.ports import group_members, processes_with
 
 UI_START_S = 300
@@ -79,9 +80,9 @@ def running_app(args: list[str], env: dict[str, str], log: Path) -> Iterator[App
 
 def ask(ui_port: int) -> str:
     """Send one question to both panels (base model, no RAG); return the first panel's answer."""
-    panel = ["base", "none", "", 0.0, 1.0, 16, None, False, None]  # see tests/test_ui.py: panel()
+    one = panel(tokens=16, kb=None)
     chat, *_ = Client(f"http://127.0.0.1:{ui_port}/", verbose=False).predict(
-        "Say hello.", "support", 2, *panel * 4, api_name="/answer_all"
+        "Say hello.", "support", 2, *one * 4, api_name="/answer_all"
     )
     return str(chat[-1]["content"])
 

@@ -104,6 +104,29 @@ def test_verdict_margin_and_cost() -> None:
     assert decide_verdict(voice).verdict == "fine-tune", "brand voice alone can justify an adapter"
 
 
+@pytest.mark.parametrize("volatile", [False, True])
+def test_verdict_names_what_each_part_does(volatile: bool) -> None:
+    """The adapter clearly best on voice, RAG clearly best on facts, adapter + RAG as good as either: combine, saying
+    who does what — though one quality number alone would have said fine-tune."""
+    rows = [
+        row("base+persona", 0.3, 0.5, style=0.4),
+        row("adapter+persona", 0.5, 0.45, style=0.9),
+        row("base+persona+rag", 0.35, 0.15, style=0.4),
+        row("adapter+persona+rag", 0.5, 0.25, style=0.8),
+    ]
+    decision = decide_verdict(rows, volatile=volatile)
+    assert decision.verdict == "combine", decision.reason
+    assert decision.reason.startswith("use the adapter for voice and RAG for facts")
+    assert ("because they change fast" in decision.reason) is volatile
+    axes = decision.axes
+    assert (axes["voice"].winner, axes["voice"].clear) == ("adapter+persona", True)
+    assert (axes["facts"].winner, axes["facts"].clear) == ("base+persona+rag", True)
+    assert not axes["terminology"].clear, "adapter and adapter + RAG tie on terminology"
+    assert axes["prompt tokens"].winner in ("base+persona", "adapter+persona"), "no retrieved context: cheaper"
+    without_combined = decide_verdict(rows[:3], volatile=False)
+    assert without_combined.verdict == "fine-tune", "no measured combination: no combine verdict"
+
+
 def test_verdict_needs_the_baseline() -> None:
     decision = decide_verdict([row("adapter+persona", 0.9, 0.0), PROMPT_ROW.model_copy(update={"n": 0})])
     assert decision.verdict is None and "base+persona" in decision.reason

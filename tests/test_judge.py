@@ -17,6 +17,7 @@ from app.rag import RAGStore
 from app.scoring.judge import Judge
 from app.serving.client import ServingClient
 from tests.fake_openai import FakeOpenAI
+from tests.panels import panel
 
 ANSWER = (
     "Thanks for asking! Acme Unlimited is $45/month, or $40/month with autopay. Some say it is $60/month, "
@@ -30,8 +31,8 @@ def test_live_and_batch_scores_are_the_same(fake_server: FakeOpenAI, fake_app: s
     persona = content.personas["support"]
     fake_server.script("base", ANSWER)
     client = Client(fake_app, verbose=False)
-    panel = ["base", "support", persona.system_prompt, 0.0, 1.0, 64, None, True, "support"]
-    client.predict(item.question, "support", 2, *panel * 4, api_name="/answer_all")
+    inputs = panel(persona="support", system=persona.system_prompt, tokens=64, rag=True, kb="support")
+    client.predict(item.question, "support", 2, *inputs * 4, api_name="/answer_all")
     update = client.predict(api_name="/export_json")
     live = json.loads(Path(update["value"]).read_text(encoding="utf-8"))["panels"][0]["scores"]
 

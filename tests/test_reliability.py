@@ -29,9 +29,10 @@ from app.ui.arena_tab import HIDDEN_ERROR
 from app.ui.panel import checked_prompt
 from tests.conftest import REPO, launched
 from tests.fake_openai import FakeOpenAI
+from tests.panels import panel
 from tests.ports import free_port
 
-PANEL = ["base", "none", "", 0.0, 1.0, 32, None, False, None]  # tests/test_ui.py: panel()
+PANEL = panel()
 
 
 def ask(client: Client, question: str, count: int = 2) -> tuple[Any, ...]:
@@ -253,7 +254,7 @@ def test_model_server_failures_end_in_their_panel(
         services = Services.build(server_settings, ServingClient(fake_server.base_url, timeout_s=1), store=store)
         with launched(build_blocks(services)) as url:
             client = Client(url, verbose=False)
-            adapter_panel = ["support", *PANEL[1:]]
+            adapter_panel = panel("support")
             outputs = client.predict("Hello", "support", 2, *adapter_panel, *PANEL * 3, api_name="/answer_all")
     failed, answered = outputs[0][-1]["content"][0]["text"], outputs[1][-1]["content"][0]["text"]
     assert "⚠️" in failed and shown in failed, failed

@@ -22,6 +22,9 @@ setups = st.builds(
     top_p=st.floats(0, 1, exclude_min=True, allow_nan=False),
     max_tokens=st.integers(1, 8192),
     seed=st.none() | st.integers(0, 2**31),
+    repetition_penalty=st.floats(1, 2, allow_nan=False),
+    frequency_penalty=st.floats(0, 2, allow_nan=False),
+    presence_penalty=st.floats(0, 2, allow_nan=False),
 ) | st.builds(Setup, system_prompt=st.text(min_size=1), rag=st.none() | names)
 
 
@@ -53,6 +56,15 @@ def test_named_and_full_specs(spec: str, expected: Setup, label: str) -> None:
     setup = Setup.parse(spec, LEGAL)
     assert setup == expected
     assert setup.label == label, "labels name votes on the leaderboard: they must not change"
+
+
+def test_repetition_controls_are_part_of_a_setup_but_old_records_stay_valid() -> None:
+    setup = Setup.parse("base@repetition_penalty=1.15,presence_penalty=0.5")
+    assert setup.label == "base model (rep 1.15, pres 0.5)"
+    assert setup.record()["repetition_penalty"] == 1.15 and "frequency_penalty" not in setup.record()
+    assert set(Setup().record()) == {"adapter", "persona", "rag", "temperature", "top_p", "max_tokens", "seed"}, (
+        "a neutral Setup is stored as before the controls existed, so earlier cache keys and votes still match"
+    )
 
 
 def test_names_come_from_the_domain_policy() -> None:

@@ -22,6 +22,7 @@ from app.ui.compare import MAX_PANELS
 from app.ui.display import marked_html, sources_markdown
 from tests.conftest import REPO
 from tests.fake_openai import FakeOpenAI
+from tests.panels import panel
 
 SHIPPED = ("legal", "medical", "finance", "support")
 
@@ -44,14 +45,6 @@ def answer_of(history: list[dict]) -> str:
     assert history[-2]["role"] == "user"
     assert history[-1]["role"] == "assistant"
     return message_text(history[-1]["content"])
-
-
-def panel(model: str | None = "base", *, tokens: int = 32, rag: bool = False, kb: str | None = "support",
-          persona: str = "none", system: str = "", temperature: float = 0.0,
-          seed: int | None = None) -> list:  # fmt: skip
-    """One panel's inputs to /answer_all: model, persona, system prompt, temperature, top-p, max tokens, seed, RAG on,
-    knowledge base (its conversation is session State, not an input)."""
-    return [model, persona, system, temperature, 1.0, tokens, "" if seed is None else str(seed), rag, kb]
 
 
 def ask(client: Client, question: str, *panels: list, domain: str = "support") -> Job:
@@ -247,3 +240,16 @@ def test_term_check_marks_are_escaped_and_labelled() -> None:
     assert 'title="term">Acme Unlimited</mark>' in shown
     assert 'title="unsupported">$60</mark>' in shown
     assert 'title="misuse">Unlimited Plus</mark>' in shown
+
+
+def test_repetition_controls_reach_the_server(fake_server: FakeOpenAI, fake_app: str) -> None:
+    client = Client(fake_app, verbose=False)
+    tuned = panel(repetition_penalty=1.2, frequency_penalty=0.3, presence_penalty=0.4)
+    ask(client, "Hello", tuned, panel()).result(timeout=60)
+    bodies = sorted(fake_server.requests[-2:], key=lambda body: "repetition_penalty" in body)
+    assert "repetition_penalty" not in bodies[0] and "frequency_penalty" not in bodies[0], "neutral: nothing sent"
+    assert (bodies[1]["repetition_penalty"], bodies[1]["frequency_penalty"], bodies[1]["presence_penalty"]) == (
+        1.2,
+        0.3,
+        0.4,
+    )

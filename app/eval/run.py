@@ -25,7 +25,7 @@ from app.playground import PanelAnswer, Playground
 from app.rag import Citation, RAGStore
 from app.scoring.judge import Judge
 from app.serving.client import ModelInfo
-from app.setups import DEFAULT_MAX_TOKENS, EVAL_MATRIX, Setup, SpecError
+from app.setups import DEFAULT_MAX_TOKENS, EVAL_MATRIX, RECOMMENDED, Setup, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def plan_jobs(
             continue
         for spec in specs:
             try:
-                setup = Setup.parse(spec, domain, temperature=EVAL_TEMPERATURE, max_tokens=max_tokens)
+                setup = Setup.parse(spec, domain, temperature=EVAL_TEMPERATURE, max_tokens=max_tokens, **RECOMMENDED)
             except SpecError:
                 warnings.append(f"{name}: skipping {spec}: no knowledge base '{name}' (add kb/{name}/)")
                 continue

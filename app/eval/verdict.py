@@ -7,7 +7,7 @@ decides each domain; `Summary.model_dump()` is summary.json (schema in docs/eval
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -20,9 +20,10 @@ Verdict = Literal["fine-tune", "RAG", "prompt", "combine"]
 
 
 class SummaryRow(BaseModel):
-    """One domain x named spec: rates and means over the answered (non-error) records; errors counted apart."""
+    """One domain x split x named spec: rates and means over the answered (non-error) records; errors apart."""
 
     domain: str
+    split: str = "eval"  # "eval" (evals/<domain>.jsonl) or "paraphrase" (evals/paraphrase/: new wording, same facts)
     model: str  # "base" or the adapter's name
     persona: bool
     rag: bool
@@ -40,6 +41,16 @@ class SummaryRow(BaseModel):
     first_token_s: float | None
     tokens_in: float | None
     tokens_out: float | None
+    loop_rate: float | None = None  # share of answers in which a 6-word phrase comes 3 times or more
+
+
+class Axis(BaseModel):
+    """One axis of the verdict: which role is best on it, by how much, and the numbers (higher is better, except
+    latency and prompt tokens)."""
+
+    winner: str  # a role spec, or "none" when nothing beats the prompt baseline by the margin
+    clear: bool  # the winner beats every other role by the margin too
+    values: dict[str, float]
 
 
 class Decision(BaseModel):
@@ -51,6 +62,8 @@ class Decision(BaseModel):
     margin: float
     volatile: bool
     numbers: dict[str, dict[str, float | int | None]]
+    axes: dict[str, Axis] = {}
+    split: str = "eval"  # the split the verdict was decided on (the paraphrase split when the run has one)
 
 
 class Summary(BaseModel):
@@ -94,6 +107,8 @@ def summary_row(records: Sequence[Mapping[str, Any]]) -> SummaryRow:
         first_token_s=_mean([r["first_token_s"] for r in answered], 3),
         tokens_in=_mean([r["tokens_in"] for r in answered], 1),
         tokens_out=_mean([r["tokens_out"] for r in answered], 1),
+        loop_rate=_mean([float(s.get("loops", False)) for s in scores]),
+        split=records[0].get("split", "eval"),
     )
 
 
@@ -112,6 +127,68 @@ def quality(row: SummaryRow) -> float | None:
     """One 0-1 number per row: the mean of terminology accuracy, 1 - hallucination rate and (where measured) the
     style score. None when the row has no answered item."""
     return _mean(list(goodness(row).values()))
+
+
+QUALITY_AXES = {  # axis -> how a row measures it, higher is better (the article's reasons to fine-tune)
+    "terminology": lambda row: row.terminology_accuracy,
+    "voice": lambda row: row.style_score,
+    "facts": lambda row: None if row.hallucination_rate is None else 1 - row.hallucination_rate,
+}
+COST_AXES = {"latency": lambda row: row.latency_s, "prompt tokens": lambda row: row.tokens_in}  # lower is better
+ROLE_NAMES = {PROMPT: "the persona prompt", ADAPTER: "the adapter", RAG: "RAG", COMBINED: "adapter + RAG"}
+
+
+def _values(by_spec: Mapping[str, SummaryRow], measure: Callable[[SummaryRow], float | None]) -> dict[str, float]:
+    measured = {spec: measure(by_spec[spec]) for spec in ROLE_NAMES if spec in by_spec}
+    return {spec: value for spec, value in measured.items() if value is not None}
+
+
+def decide_axes(by_spec: Mapping[str, SummaryRow], margin: float) -> dict[str, Axis]:
+    """Per axis, the role that does best: on a quality axis it must gain the margin over the prompt baseline (else
+    "none"); `clear` when it also leads every other role by the margin. Cost axes just name the cheapest role."""
+    axes: dict[str, Axis] = {}
+    for name, measure in QUALITY_AXES.items():
+        values = {
+            spec: value for spec in ROLE_NAMES if spec in by_spec and (value := measure(by_spec[spec])) is not None
+        }
+        if PROMPT not in values:
+            continue
+        best = max(values, key=lambda spec: (values[spec], spec == PROMPT))
+        others = [value for spec, value in values.items() if spec != best]
+        gained = best != PROMPT and values[best] - values[PROMPT] >= margin
+        clear = gained and all(values[best] - value >= margin for value in others)
+        axes[name] = Axis(winner=best if gained else "none", clear=clear, values=values)
+    for name, measure in COST_AXES.items():
+        values = {
+            spec: value for spec in ROLE_NAMES if spec in by_spec and (value := measure(by_spec[spec])) is not None
+        }
+        if values:
+            axes[name] = Axis(winner=min(values, key=values.__getitem__), clear=True, values=values)
+    return axes
+
+
+def _split_parts(axes: Mapping[str, Axis], volatile: bool) -> tuple[str, str] | None:
+    """When the adapter clearly wins some quality axis and RAG (alone or with the adapter) clearly wins another, or
+    the facts of a fast-changing domain: (verdict reason naming who does what) — the article's combination. Only
+    once adapter + RAG was measured and is no worse than either alone (else the combination is a guess)."""
+    adapter = [name for name, axis in axes.items() if name in QUALITY_AXES and axis.clear and axis.winner == ADAPTER]
+    rag = [
+        name for name, axis in axes.items() if name in QUALITY_AXES and axis.clear and axis.winner in (RAG, COMBINED)
+    ]
+    if not adapter or not (rag or volatile):
+        return None
+    facts = rag or ["facts"]
+    why = " because they change fast" if volatile else ""
+    return (
+        "combine",
+        f"use the adapter for {' and '.join(adapter)} and RAG for {' and '.join(facts)}{why}: "
+        + "; ".join(f"{name}: {_axis_numbers(axes[name])}" for name in [*adapter, *rag] if name in axes)
+        + ".",
+    )
+
+
+def _axis_numbers(axis: Axis) -> str:
+    return ", ".join(f"{ROLE_NAMES[spec]} {value:.2f}" for spec, value in axis.values.items())
 
 
 def decide_verdict(rows: Sequence[SummaryRow], *, volatile: bool = False, margin: float = VERDICT_MARGIN) -> Decision:
@@ -142,8 +219,14 @@ def decide_verdict(rows: Sequence[SummaryRow], *, volatile: bool = False, margin
         return Decision(verdict=None, reason="no answered base+persona rows to compare with", gains={},
                         margin=margin, volatile=volatile, numbers=numbers)  # fmt: skip
     gains = {spec: round(q[spec] - q[PROMPT], 4) for spec in (ADAPTER, RAG, COMBINED) if spec in q}
+    axes = decide_axes(by_spec, margin)
     verdict, reason = _verdict(q, gains, by_spec, volatile=volatile, margin=margin)
-    return Decision(verdict=verdict, reason=reason, gains=gains, margin=margin, volatile=volatile, numbers=numbers)
+    combined_holds = COMBINED in q and q[COMBINED] >= max(q.get(ADAPTER, 0.0), q.get(RAG, 0.0)) - margin
+    parts = _split_parts(axes, volatile) if combined_holds else None
+    if parts and verdict in ("fine-tune", "RAG", "combine"):
+        verdict, reason = "combine", parts[1]  # the axes tell apart what the one quality number mixes
+    return Decision(verdict=verdict, reason=reason, gains=gains, margin=margin, volatile=volatile, numbers=numbers,
+                    axes=axes, split=next(iter(by_spec.values())).split)  # fmt: skip
 
 
 def _verdict(  # noqa: PLR0911 - one return per rule of the decision list, in order

@@ -94,12 +94,21 @@ class ServingClient:
         top_p: float = 1.0,
         max_tokens: int = 256,
         seed: int | None = None,
+        repetition_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
     ) -> AsyncIterator[ChatDelta]:
         """Stream a chat completion (the server applies the model's chat template) as text deltas, then usage.
 
         Closing the iterator early (e.g. a Stop button) closes the HTTP stream, which makes vLLM abort the request.
         """
         kwargs: dict[str, Any] = {"seed": seed} if seed is not None else {}
+        if repetition_penalty != 1.0:  # vLLM's own sampling parameter, beside the OpenAI ones
+            kwargs["extra_body"] = {"repetition_penalty": repetition_penalty}
+        if frequency_penalty:
+            kwargs["frequency_penalty"] = frequency_penalty
+        if presence_penalty:
+            kwargs["presence_penalty"] = presence_penalty
         try:
             stream = await self._client.chat.completions.create(
                 model=model,

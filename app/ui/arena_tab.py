@@ -30,10 +30,10 @@ from app.inert import md_text
 from app.playground import PanelAnswer
 from app.services import Services
 from app.serving.client import ServingError
-from app.setups import ARENA_DEFAULT_POOL, ARENA_POOL, DEFAULT_TEMPERATURE, Setup
+from app.setups import ARENA_DEFAULT_POOL, ARENA_POOL, DEFAULT_TEMPERATURE, REPETITION, Setup
 from app.ui.compare import first_domain
 from app.ui.display import scores_label, shown_chat, stats_line
-from app.ui.panel import checked_prompt
+from app.ui.panel import checked_prompt, repetition_sliders
 
 HELP = (
     "**Blind A/B test.** Pick a domain and tick the configurations that may compete (the *pool*), type a prompt or "
@@ -118,6 +118,7 @@ class _ArenaTab:
             self.temperature = gr.Slider(0.0, 1.5, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature")
             tokens = self.settings.ui.max_tokens
             self.max_tokens = gr.Slider(16, tokens * 4, value=tokens, step=16, label="Max tokens")
+            self.repetition = repetition_sliders()
             gr.Markdown("Sampling other than the defaults becomes part of a configuration's name on the leaderboard.")
         self.chats: list[gr.Chatbot] = []
         self.reveals: list[gr.Markdown] = []
@@ -193,12 +194,14 @@ class _ArenaTab:
         temperature: float,
         max_tokens: float,
         rng: random.Random | None,
+        *penalties: float,
     ) -> AsyncIterator[Updates]:
         """Draw two configurations from the pool and stream both answers; the vote buttons open when both are done."""
         prompt = checked_prompt(prompt, self.settings.ui.max_prompt_chars)
         if not domain:
             raise gr.Error("Pick a domain first.")
-        sampling = {"temperature": temperature, "max_tokens": int(max_tokens)}
+        sampling = {"temperature": temperature, "max_tokens": int(max_tokens), **dict(zip(REPETITION, penalties,
+                                                                                         strict=True))}  # fmt: skip
         rng = rng or random.Random()
         policy = self.content.domains.get(domain)
         if policy is None:
@@ -307,7 +310,7 @@ class _ArenaTab:
         gr.on(
             [self.new_round.click, self.prompt.submit],
             self.play,
-            inputs=[self.prompt, self.domain, self.pool, self.temperature, self.max_tokens, self.rng],
+            inputs=[self.prompt, self.domain, self.pool, self.temperature, self.max_tokens, self.rng, *self.repetition],
             outputs=[*self.chats, *self.reveals, *self.buttons, self.message, self.current, self.rng],
             api_name="arena_round",
         )

@@ -18,12 +18,13 @@ from pydantic import ValidationError
 from app.config import Settings
 from app.content import Persona
 from app.rag import ALL
-from app.setups import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Setup
+from app.setups import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, RECOMMENDED, REPETITION, Setup
 from app.ui.display import sources_markdown
 
 NO_PERSONA = "none"
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # all but tab, newline, carriage return
-FIELDS = ("model", "history", "persona", "system_prompt", "temperature", "top_p", "max_tokens", "seed", "use_rag", "kb")
+FIELDS = ("model", "history", "persona", "system_prompt", "temperature", "top_p", "max_tokens", "seed",
+          "repetition_penalty", "frequency_penalty", "presence_penalty", "use_rag", "kb")  # fmt: skip
 
 
 @dataclass
@@ -38,6 +39,9 @@ class PanelControls:
     top_p: gr.Slider
     max_tokens: gr.Slider
     seed: gr.Textbox
+    repetition_penalty: gr.Slider
+    frequency_penalty: gr.Slider
+    presence_penalty: gr.Slider
     use_rag: gr.Checkbox
     kb: gr.Dropdown
     chatbot: gr.Chatbot
@@ -50,6 +54,15 @@ class PanelControls:
     def inputs(self) -> list[Any]:
         """The answer event's inputs of this panel, in FIELDS order."""
         return [getattr(self, name) for name in FIELDS]
+
+
+def repetition_sliders() -> tuple[gr.Slider, gr.Slider, gr.Slider]:
+    """The repetition controls, starting at the values the eval chose (app.setups.RECOMMENDED)."""
+    return (
+        gr.Slider(1.0, 2.0, value=RECOMMENDED["repetition_penalty"], step=0.05, label="Repetition penalty (1 = off)"),
+        gr.Slider(0.0, 2.0, value=RECOMMENDED["frequency_penalty"], step=0.1, label="Frequency penalty"),
+        gr.Slider(0.0, 2.0, value=RECOMMENDED["presence_penalty"], step=0.1, label="Presence penalty"),
+    )
 
 
 def build_panel(index: int, settings: Settings, persona_names: list[str], kb_names: list[str]) -> PanelControls:
@@ -69,6 +82,7 @@ def build_panel(index: int, settings: Settings, persona_names: list[str], kb_nam
                                    label="Max tokens")  # fmt: skip
             # A Textbox, not a Number: Gradio 6.31's Number turns blank into 0 once its accordion is opened.
             seed = gr.Textbox(label="Seed (blank = random)", placeholder="random", max_lines=1)
+            repetition_penalty, frequency_penalty, presence_penalty = repetition_sliders()
         chatbot = gr.Chatbot(label=f"Panel {index + 1}", height=380, sanitize_html=True, allow_tags=False,
                              buttons=["copy", "copy_all"])  # fmt: skip
         history = gr.State([])
@@ -79,8 +93,9 @@ def build_panel(index: int, settings: Settings, persona_names: list[str], kb_nam
         with gr.Accordion("Retrieved passages", open=False):
             passages = gr.Markdown()
         citations.change(sources_markdown, inputs=citations, outputs=[sources, passages], api_visibility="private")
-    return PanelControls(column, model, persona, system_prompt, temperature, top_p, max_tokens, seed, use_rag, kb,
-                         chatbot, history, stats, marks, citations)  # fmt: skip
+    return PanelControls(column, model, persona, system_prompt, temperature, top_p, max_tokens, seed,
+                         repetition_penalty, frequency_penalty, presence_penalty, use_rag, kb, chatbot, history, stats,
+                         marks, citations)  # fmt: skip
 
 
 def panel_setup(values: Mapping[str, Any], base_model: str, personas: Mapping[str, Persona]) -> Setup:
@@ -103,6 +118,7 @@ def panel_setup(values: Mapping[str, Any], base_model: str, personas: Mapping[st
             top_p=values["top_p"],
             max_tokens=int(values["max_tokens"]),
             seed=seed,
+            **{name: values[name] for name in REPETITION},
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'panel'}: {e['msg']}" for e in exc.errors())
