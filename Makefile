@@ -94,5 +94,5 @@ train-all: model
 # and the adapter-vs-base tables in the adapters' model cards and docs/adapters.md.
 .PHONY: eval
 eval: model
-	$(PY) -m app.eval --questions evals/*.jsonl --out .data/eval --results-md docs/results.md \
+	$(PY) -m app.eval --questions evals/*.jsonl evals/paraphrase/*.jsonl --out .data/eval --results-md docs/results.md \
 		--model-cards adapters --adapters-md docs/adapters.md $(EVAL_ARGS)

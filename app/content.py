@@ -125,6 +125,7 @@ class EvalItem(_Strict):
     expected_terms: list[list[str]] = Field(min_length=1)
     forbidden: list[str] = []
     reference: str = ""
+    split: str = Field("eval", description="set from the file's folder: evals/ or evals/paraphrase/")
 
     @model_validator(mode="after")
     def _groups_not_empty(self) -> EvalItem:
@@ -248,6 +249,7 @@ class Content:
     kb: dict[str, list[KBDocument]] = field(default_factory=dict)
     training: dict[str, list[TrainExample]] = field(default_factory=dict)
     evals: dict[str, list[EvalItem]] = field(default_factory=dict)
+    paraphrases: dict[str, list[EvalItem]] = field(default_factory=dict)  # evals/paraphrase/: the generalisation split
     problems: list[Problem] = field(default_factory=list)
 
     domains: dict[str, Domain] = field(default_factory=dict)  # by name, sorted
@@ -314,6 +316,10 @@ def load_content(
             for item in content.evals[path.stem]
             if item.domain != path.stem
         ]
+    for path in sorted((evals_dir / "paraphrase").glob("*.jsonl")):
+        found, problems = load_jsonl(path, EvalItem)
+        content.paraphrases[path.stem] = [item.model_copy(update={"split": "paraphrase"}) for item in found]
+        content.problems += problems
     content.problems += _cross_checks(content, personas_dir, evals_dir)
     content.domains = domains_of(content.personas, (p.name for p in _subfolders(kb_dir)), content.evals)
     return content

@@ -84,7 +84,7 @@ CARD_KEYS = {"terminology_accuracy": "terminology ↑", "forbidden_rate": "false
 
 def adapter_table(summary: Summary, domain: str) -> list[str]:
     """Markdown table lines: the domain's persona-prompted base model against its adapter (and both with RAG)."""
-    rows = {row.spec: row for row in summary.rows if row.domain == domain and row.spec in MODEL_CARD_ROWS}
+    rows = {row.spec: row for row in summary.verdict_rows(domain) if row.spec in MODEL_CARD_ROWS}
     keys = [key for key in CARD_KEYS if any(getattr(row, key) is not None for row in rows.values())]
     lines = ["| configuration | " + " | ".join(CARD_KEYS[key] for key in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     lines += [
@@ -102,7 +102,7 @@ def adapter_section(summary: Summary, domains_shown: Sequence[str], meta: Mappin
         "## Evaluation: adapter vs base model",
         "",
         f"Written by `make eval` on {str(meta.get('date', ''))[:10]} (`python -m app.eval`, temperature 0, "
-        f"≤ {meta.get('max_tokens')} tokens) on `evals/<domain>.jsonl`, questions that are not in the training "
+        f"≤ {meta.get('max_tokens')} tokens) on {_split_text(summary)}, questions that are not in the training "
         "data; both configurations get the domain persona's system prompt. Rates are shares of answers: *false "
         "claims* state a known-false claim of the question, *unsupported* ones a number, price, duration or name "
         "found in neither the reference answer nor the knowledge-base passages for the question. Full results and "
@@ -125,6 +125,12 @@ def with_section(text: str, section: str) -> str:
     if start >= 0 and end > start:
         return text[:start] + section + text[end + len(CARD_END) :]
     return text.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def _split_text(summary: Summary) -> str:
+    if "paraphrase" in summary.splits:
+        return "`evals/paraphrase/<domain>.jsonl` (the domain's facts asked in new words)"
+    return "`evals/<domain>.jsonl`"
 
 
 def update_eval_section(path: Path, section: str) -> None:

@@ -228,7 +228,25 @@ def test_report_renders_charts_and_escapes(results: list[dict[str, Any]]) -> Non
     assert "<script>" not in markdown and "<img" not in markdown and "](http://evil" not in markdown
     assert "![legal: metrics per configuration](results/chart-legal.png)" in markdown
     assert "- **Command**: `` python -m app.eval --out `x` ``" in markdown, "shown verbatim, backticks and all"
-    assert "| base | 2 | 1 | 0.50 | 0.50 | – | – | 1.50 | 100 | 50 |" in markdown
+    assert "| eval | base | 2 | 1 | 0.50 | 0.50 | – | – | 0.00 | 1.50 | 100 | 50 |" in markdown
+
+
+def test_the_paraphrase_split_is_reported_beside_the_eval_set_and_decides(results: list[dict[str, Any]]) -> None:
+    """The adapter learned our eval wording (1.0) but not the facts in new words (0.5): the report shows the gap and
+    the verdict is decided on the paraphrases."""
+    seen = [record("legal", spec, n, terminology=1.0 if spec == "adapter+persona" else 0.5) for spec in
+            ("base+persona", "adapter+persona") for n in (1, 2)]  # fmt: skip
+    new = [{**record("legal", spec, n, terminology=0.5), "split": "paraphrase", "id": f"legal-p{n}"}
+           for spec in ("base+persona", "adapter+persona") for n in (1, 2)]  # fmt: skip
+    summary = summarize(seen + new)
+    assert summary.splits == ["eval", "paraphrase"]
+    assert summary.verdict["legal"].split == "paraphrase" and summary.verdict["legal"].verdict == "prompt"
+    assert summarize(seen).verdict["legal"].verdict == "fine-tune", "on our own wording it looked like a win"
+    headers, rows = report.generalisation(summary, "legal")
+    assert headers[1:] == ["terminology, eval set", "terminology, paraphrases", "difference"]
+    assert ["adapter+persona", "1.00", "0.50", "-0.50"] in rows
+    markdown = report.render_markdown(summary, seen + new, {}, {})
+    assert "Generalisation (legal)" in markdown and "decided on the paraphrase split" in markdown
 
 
 def test_model_cards_get_the_adapter_table(results: list[dict[str, Any]], tmp_path: Path) -> None:

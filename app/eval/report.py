@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from app.eval.verdict import Decision, Summary
+from app.eval.verdict import QUALITY_AXES, ROLE_NAMES, Decision, Summary
 from app.inert import md_code, md_text
 from app.setups import recipe_order
 
@@ -28,10 +28,12 @@ METRICS = {  # summary key -> how charts and tables name it
     "hallucination_rate": "hallucination rate ↓",
     "groundedness": "groundedness ↑",
     "style_score": "brand-voice style ↑",
+    "loop_rate": "loop rate ↓",
 }
 LATENCY = "latency_s"
 CHART_METRICS = {**METRICS, LATENCY: "latency (s) ↓"}
 COLUMNS = {  # summary key -> table header
+    "split": "split",
     "spec": "configuration",
     "n": "answered",
     "errors": "errors",
@@ -39,6 +41,7 @@ COLUMNS = {  # summary key -> table header
     "hallucination_rate": "hallucination",
     "groundedness": "groundedness",
     "style_score": "style",
+    "loop_rate": "loops",
     LATENCY: "latency s",
     "tokens_in": "tokens in",
     "tokens_out": "tokens out",
@@ -69,12 +72,38 @@ def table(summary: Summary, domain: str | None = None, *, formatted: bool = Fals
 
 def chart_records(summary: Summary, metric: str) -> list[dict[str, Any]]:
     """Long-form rows for one bar per domain x configuration of `metric` (missing values left out)."""
+    several = len(summary.splits) > 1
     return [
-        {"bar": f"{row.domain} · {row.spec}", "domain": row.domain, "configuration": row.spec,
-         "value": getattr(row, metric)}
-        for row in sorted(summary.rows, key=lambda r: (r.domain, recipe_order(r.spec)))
+        {"bar": f"{row.domain} · {row.spec}" + (f" · {row.split}" if several else ""), "domain": row.domain,
+         "configuration": row.spec, "value": getattr(row, metric)}
+        for row in sorted(summary.rows, key=lambda r: (r.domain, r.split != "eval", recipe_order(r.spec)))
         if getattr(row, metric) is not None
     ]  # fmt: skip
+
+
+def generalisation(summary: Summary, domain: str) -> tuple[list[str], list[list[str]]]:
+    """Terminology on the eval set beside the paraphrase split, per configuration: overfitting to our eval wording
+    shows as a gap. Empty when the run has one split only."""
+    if len(summary.splits) < 2:
+        return [], []
+    by_split = {(row.split, row.spec): row for row in summary.rows if row.domain == domain}
+    specs = sorted({spec for _, spec in by_split}, key=recipe_order)
+    rows = []
+    for spec in specs:
+        seen, new = by_split.get(("eval", spec)), by_split.get(("paraphrase", spec))
+        values = [row.terminology_accuracy if row else None for row in (seen, new)]
+        gap = values[1] - values[0] if None not in values else None  # type: ignore[operator]
+        rows.append([spec, fmt(values[0]), fmt(values[1]), "–" if gap is None else f"{gap:+.2f}"])
+    return ["configuration", "terminology, eval set", "terminology, paraphrases", "difference"], rows
+
+
+def axes_text(decision: Decision) -> str:
+    """E.g. "terminology: the adapter (clear) · facts: RAG (clear) · latency: the persona prompt"."""
+    parts = []
+    for name, axis in decision.axes.items():
+        who = ROLE_NAMES.get(axis.winner, "none by the margin")
+        parts.append(f"{name}: {who}{' (clear)' if axis.clear and name in QUALITY_AXES else ''}")
+    return " · ".join(parts)
 
 
 def _quality_numbers(decision: Decision) -> str:
@@ -88,6 +117,10 @@ def verdict_items(summary: Summary) -> list[tuple[str, str, str, str]]:
     items = []
     for domain, decision in summary.verdict.items():
         notes = [f"quality {_quality_numbers(decision) or 'not measured'}", f"margin {decision.margin:g}"]
+        if decision.axes:
+            notes.append("best by axis: " + axes_text(decision))
+        if decision.split != "eval":
+            notes.append(f"decided on the {decision.split} split")
         if decision.volatile:
             notes.append("facts treated as fast-changing")
         verdict: str = decision.verdict or "no verdict"
@@ -130,7 +163,7 @@ def render_charts(summary: Summary) -> dict[str, bytes]:
 
     charts: dict[str, bytes] = {}
     for domain in summary.domains:
-        rows = sorted((r for r in summary.rows if r.domain == domain), key=lambda r: recipe_order(r.spec), reverse=True)
+        rows = sorted(summary.verdict_rows(domain), key=lambda r: recipe_order(r.spec), reverse=True)
         metrics = [m for m in METRICS if any(getattr(r, m) is not None for r in rows)]
         figure = Figure(figsize=(3.2 * max(len(metrics), 1), 0.45 * len(rows) + 1.4), layout="constrained")
         for index, metric in enumerate(metrics):
@@ -243,6 +276,11 @@ def render_markdown(
         headers, rows = table(summary, domain, formatted=True)
         out += [f"## {md_text(domain)}", "", "| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
         out += ["| " + " | ".join(row) + " |" for row in rows]
+        general_headers, general = generalisation(summary, domain)
+        if general:
+            out += ["", f"Generalisation ({md_text(domain)}): the same facts asked in new words", ""]
+            out += ["| " + " | ".join(general_headers) + " |", "|" + " --- |" * len(general_headers)]
+            out += ["| " + " | ".join(row) + " |" for row in general]
         if chart_name(domain) in charts:
             out += ["", f"![{md_text(domain)}: metrics per configuration]({chart_prefix}{chart_name(domain)})"]
         out.append("")
@@ -316,6 +354,10 @@ def render_html(
     for domain in summary.domains:
         headers, rows = table(summary, domain, formatted=True)
         parts += [f"<h2>{e(domain)}</h2>", _html_table(headers, rows, numeric)]
+        general_headers, general = generalisation(summary, domain)
+        if general:
+            parts += [f"<p>Generalisation ({e(domain)}): the same facts asked in new words</p>",
+                      _html_table(general_headers, general, [False, True, True, True])]  # fmt: skip
         parts.append(_img(charts, chart_name(domain), f"{domain}: metrics per configuration"))
         for group in (g for g in examples(results) if g[0]["domain"] == domain):
             parts.append(f"<h3>{e(group[0]['id'])}: {e(group[0]['question'])}</h3><div class=answers>")

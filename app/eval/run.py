@@ -45,7 +45,8 @@ def load_questions(paths: Sequence[Path]) -> list[EvalItem]:
         if not path.is_file():
             raise EvalError(f"{path}: question file not found; pass JSONL files such as evals/support.jsonl")
         found, trouble = load_jsonl(path, EvalItem)
-        items += found
+        split = "paraphrase" if path.parent.name == "paraphrase" else "eval"
+        items += [item.model_copy(update={"split": split}) for item in found]
         problems += [str(problem) for problem in trouble]
     seen: set[str] = set()
     for item in items:
@@ -231,6 +232,7 @@ def result_record(job: Job, answer: PanelAnswer, *, judge: Judge, domain: Domain
     return {
         "id": job.item.id,
         "domain": job.item.domain,
+        "split": job.item.split,
         "config": job.setup.record(),
         "spec": job.spec,
         "label": job.setup.label,

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from app.setups import ADAPTER, COMBINED, PROMPT, RAG
 
 SUMMARY_VERSION = 2  # 2: a version field; rows and verdicts as in version 1 (docs/eval.md)
+VERDICT_SPLIT = "paraphrase"  # the split verdicts are decided on, when the run has it: new wording, same facts
 VERDICT_MARGIN = 0.05  # a gain in mean quality (0-1) below this is noise, not a reason to train or retrieve
 Verdict = Literal["fine-tune", "RAG", "prompt", "combine"]
 
@@ -76,6 +77,17 @@ class Summary(BaseModel):
     @property
     def domains(self) -> list[str]:
         return sorted({row.domain for row in self.rows})
+
+    @property
+    def splits(self) -> list[str]:
+        """The question splits measured: "eval" first, then "paraphrase" (the generalisation split)."""
+        return sorted({row.split for row in self.rows}, key=lambda split: (split != "eval", split))
+
+    def verdict_rows(self, domain: str) -> list[SummaryRow]:
+        """The domain's rows on the split its verdict was decided on."""
+        decision = self.verdict.get(domain)
+        split = decision.split if decision else "eval"
+        return [row for row in self.rows if row.domain == domain and row.split == split]
 
 
 def _mean(values: Sequence[float | None], digits: int = 4) -> float | None:
@@ -284,22 +296,19 @@ def _gain(gains: Mapping[str, float], spec: str = ADAPTER) -> str:
 def summarize(
     results: Sequence[Mapping[str, Any]], *, volatile: Collection[str] = (), margin: float = VERDICT_MARGIN
 ) -> Summary:
-    """One row per domain x spec (in results order) and a decision per domain; `volatile` names the domains whose
-    facts change often (app.content.Domain.facts_change_often)."""
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    """One row per domain x split x spec (in results order) and a decision per domain, on the paraphrase split when
+    the run has one; `volatile` names the domains whose facts change often (Domain.facts_change_often)."""
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
     for record in results:
-        groups.setdefault((record["domain"], record["spec"]), []).append(record)
+        groups.setdefault((record["domain"], record.get("split", "eval"), record["spec"]), []).append(record)
     rows = [summary_row(records) for records in groups.values()]
-    domains = sorted({row.domain for row in rows})
-    return Summary(
-        rows=rows,
-        verdict={
-            domain: decide_verdict(
-                [row for row in rows if row.domain == domain], volatile=domain in volatile, margin=margin
-            )
-            for domain in domains
-        },
-    )
+    verdict = {}
+    for domain in sorted({row.domain for row in rows}):
+        splits = {row.split for row in rows if row.domain == domain}
+        split = VERDICT_SPLIT if VERDICT_SPLIT in splits else "eval"  # judged on wording it was not trained on
+        mine = [row for row in rows if row.domain == domain and row.split == split]
+        verdict[domain] = decide_verdict(mine, volatile=domain in volatile, margin=margin)
+    return Summary(rows=rows, verdict=verdict)
 
 
 def adapter_domains(summary: Summary) -> list[str]:

@@ -138,7 +138,8 @@ class Judge:
     _items: dict[str, EvalItem] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._items = {normalised(item.question): item for items in self.content.evals.values() for item in items}
+        splits = [*self.content.evals.values(), *self.content.paraphrases.values()]
+        self._items = {normalised(item.question): item for items in splits for item in items}
 
     def item_for(self, question: str) -> EvalItem | None:
         """The eval item asking exactly this question (any case and spacing), if there is one."""
