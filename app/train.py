@@ -1,4 +1,5 @@
-"""Fine-tune one LoRA adapter on adapters/<name>/train.jsonl with PEFT and the transformers Trainer.
+"""Fine-tune one LoRA adapter on adapters/<name>/ training data (train.yaml `data`) with PEFT and the transformers
+Trainer.
 
 The chat template of the base model renders each example; only the assistant turns (content and end-of-turn
 token) carry loss, the system and user turns are masked with -100. A seeded share of the examples is held out for
@@ -67,6 +68,15 @@ class TrainConfig(BaseModel):
     eval_fraction: float = Field(0.1, ge=0, lt=0.5, description="share of examples held out for eval loss")
     save_steps: int = Field(25, ge=1, description="checkpoint (and eval) every this many optimizer steps")
     logging_steps: int = Field(5, ge=1)
+    data: list[str] = Field(
+        default_factory=lambda: ["train.jsonl"],
+        min_length=1,
+        description="the adapter folder's training files to mix, e.g. [train.jsonl, train_kb.jsonl] (KB-grounded "
+        "question-answer pairs, several phrasings per fact)",
+    )
+    neftune_noise_alpha: float | None = Field(
+        None, gt=0, description="NEFTune: noise on the input embeddings while training (transformers); e.g. 5"
+    )
 
 
 @dataclass
@@ -107,14 +117,12 @@ def check_base_model(path: str) -> str:
     raise TrainError(f"base model folder {path} not found: run `make model` (or set model.path in config.yaml)")
 
 
-def load_examples(path: Path, limit: int | None) -> list[TrainExample]:
+def load_examples(path: Path) -> list[TrainExample]:
     if not path.is_file():
         raise TrainError(f"{path}: training data not found (format: docs/content.md)")
     examples, problems = load_jsonl(path, TrainExample)
     if problems:
         raise TrainError("\n".join(str(p) for p in problems) + f"\n{path}: fix the line(s) above, then train again")
-    if limit is not None:
-        examples = examples[:limit]
     if len(examples) < 2:
         raise TrainError(f"{path}: need at least 2 examples to train and evaluate, found {len(examples)}")
     return examples
@@ -198,7 +206,8 @@ def train(
 
     check_name(name)
     base = check_base_model(settings.model.path)
-    examples = load_examples(settings.paths.adapters / name / "train.jsonl", limit)
+    folder = settings.paths.adapters / name
+    examples = [example for file in config.data for example in load_examples(folder / file)][:limit]
     checkpoints = settings.paths.data / "train" / name
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if resume and last is None:
@@ -245,6 +254,7 @@ def train(
         data_seed=config.seed,
         dataloader_pin_memory=torch.cuda.is_available(),
         report_to="none",
+        neftune_noise_alpha=config.neftune_noise_alpha,
     )
     trainer = Trainer(
         model=model,
@@ -268,6 +278,7 @@ def train(
         "base": portable_base(base),
         "local_base": base,
         "n_total": len(examples),
+        "data": ", ".join(config.data),
         "n_train": len(train_rows),
         "n_eval": len(eval_rows),
         "eval_loss_before": eval_before,
@@ -290,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hparams", type=Path, help="hyper-parameters (default adapters/<adapter>/train.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides epochs)")
-    parser.add_argument("--limit", type=int, help="use only the first N examples of train.jsonl")
+    parser.add_argument("--limit", type=int, help="use only the first N examples of the training data")
     parser.add_argument("--out", type=Path, help="output folder (default adapters/<adapter>)")
     args = parser.parse_args(argv)
     try:

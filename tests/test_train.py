@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from app.config import Settings, load_settings
 from app.content import TrainExample
@@ -227,3 +228,22 @@ def test_same_seed_same_adapter(model_dir: Path, tmp_path: Path) -> None:
     assert (tmp_path / "a" / "adapter_model.safetensors").read_bytes() == (
         tmp_path / "b" / "adapter_model.safetensors"
     ).read_bytes()
+
+
+def test_data_mix_and_neftune_change_the_training(model_dir: Path, tmp_path: Path) -> None:
+    """Mixing in train_kb.jsonl trains on both files; NEFTune's noise changes the result of the same seeded run."""
+    folder = write_adapter(tmp_path, "mixed", LEGAL_LINES[:6])
+    kb_lines = (REPO / "adapters" / "legal" / "train_kb.jsonl").read_text(encoding="utf-8").splitlines()[:4]
+    (folder / "train_kb.jsonl").write_text("\n".join(kb_lines) + "\n", encoding="utf-8")
+    settings = settings_for(model_dir, tmp_path)
+    base = {**TINY, "eval_fraction": 0, "data": ["train.jsonl", "train_kb.jsonl"]}
+    plain = train("mixed", settings, TrainConfig.model_validate(base), tmp_path / "plain", max_steps=1)
+    assert plain["n_total"] == 10 and plain["data"] == "train.jsonl, train_kb.jsonl"
+    assert "(train.jsonl, train_kb.jsonl)" in (tmp_path / "plain" / "README.md").read_text()
+    train("mixed", settings, TrainConfig.model_validate({**base, "neftune_noise_alpha": 5}), tmp_path / "noisy",
+          max_steps=1)  # fmt: skip
+    assert (tmp_path / "plain" / "adapter_model.safetensors").read_bytes() != (
+        tmp_path / "noisy" / "adapter_model.safetensors"
+    ).read_bytes(), "the noise reaches the training"
+    with pytest.raises(ValidationError):
+        TrainConfig.model_validate({"data": []})
