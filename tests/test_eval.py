@@ -433,10 +433,10 @@ def test_eval_tab_runs_one_question(ui_client: Client) -> None:
         time.sleep(0.05)
     table, verdicts, chart = job.result()
     assert ("answers", "answer", 2) in progress, f"the tqdm bar shows as Gradio progress: {progress}"
-    assert table["headers"][:2] == ["domain", "configuration"]
-    assert [row[:3] for row in table["data"]] == [
-        ["support", "base+persona", "1"],
-        ["support", "base+persona+rag", "1"],
+    assert table["headers"][:3] == ["domain", "split", "configuration"]
+    assert [row[:4] for row in table["data"]] == [
+        ["support", "eval", "base+persona", "1"],
+        ["support", "eval", "base+persona+rag", "1"],
     ]
     assert verdicts.startswith("- **support: ")
     assert chart["mark"] == "bar" and [bar[2] for bar in chart["data"]] == ["base+persona", "base+persona+rag"]
