@@ -48,6 +48,11 @@ class VLLMSettings(_Section):
     """The vLLM OpenAI-compatible server: an external one (`url`) or a child process we start."""
 
     url: str | None = Field(None, description="use this running server (e.g. http://gpu-box:8000/v1) instead")
+    replica_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="when vllm.url is a router (vllm-router) in front of several vLLM replicas: each replica's URL, "
+        "comma-separated, so that adapters are loaded into and unloaded from every one of them",
+    )
     api_key: SecretStr | None = Field(None, description="API key of an external server (environment only)")
     host: str = "127.0.0.1"
     port: int = Field(8011, ge=1, le=65535)
@@ -57,6 +62,19 @@ class VLLMSettings(_Section):
     kv_cache_gib: float = Field(2.0, gt=0, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)")
     startup_timeout_s: float = Field(300.0, gt=0)
     extra_args: list[str] = Field(default_factory=list, description="more api_server flags, e.g. tensor parallelism")
+
+    @field_validator("replica_urls", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        return [url.strip() for url in value.split(",") if url.strip()] if isinstance(value, str) else value
+
+    @field_validator("replica_urls")
+    @classmethod
+    def _v1_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"expected http(s):// URLs such as http://10.0.0.2:8000/v1, got {url!r}")
+        return [url.rstrip("/") if url.rstrip("/").endswith("/v1") else f"{url.rstrip('/')}/v1" for url in value]
 
     @field_validator("url")
     @classmethod

@@ -42,6 +42,7 @@ class Services:
     async def status(self) -> str:
         """The status line: which server, what it serves, and (for our own vLLM) whether it is up or restarting."""
         health = self.supervisor.health() if self.supervisor else None
+        await self.client.sync_adapters()  # replicas behind a router serve the same run-time adapters
         if health and health.state != "up":
             return status_line(self.client.base_url, None, health.describe())
         try:

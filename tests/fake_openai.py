@@ -73,6 +73,10 @@ class FakeOpenAI:
                         for name in self.adapters]  # fmt: skip
             return {"object": "list", "data": entries}
 
+        @api.get("/health")
+        async def health() -> JSONResponse:
+            return JSONResponse({})
+
         @api.post("/tokenize")
         async def tokenize(request: Request) -> dict[str, Any]:
             body = await request.json()

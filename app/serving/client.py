@@ -5,6 +5,7 @@ Nothing else in the app talks HTTP to vLLM.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -55,8 +56,13 @@ def server_is_up(base_url: str, api_key: str | None = None) -> bool:
 class ServingClient:
     """Async client for the app's calls to an OpenAI-compatible (vLLM) server."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, base_url: str, api_key: str | None = None, timeout_s: float = 120.0, replicas: Sequence[str] = ()
+    ) -> None:
         self.base_url = base_url
+        # Behind a router, a run-time adapter must be loaded into (and unloaded from) every replica: the router sends
+        # each request to one of them.
+        self.replicas = list(replicas) or [base_url]
         self.api_key = api_key
         # The OpenAI client insists on a key; a server without one ignores it. There is deliberately no fallback to
         # OPENAI_API_KEY: that key belongs to another service and must not be sent to whatever URL is configured.
@@ -72,7 +78,8 @@ class ServingClient:
         """The client of the server the app uses: pass our own child's per-run key; for an external server
         (vllm.url) the key comes from the environment (ARENA_VLLM__API_KEY, or VLLM_API_KEY)."""
         secret = settings.vllm.api_key.get_secret_value() if settings.vllm.api_key else os.environ.get("VLLM_API_KEY")
-        return cls(settings.vllm.base_url, api_key=api_key or secret, timeout_s=settings.ui.request_timeout_s)
+        return cls(settings.vllm.base_url, api_key=api_key or secret, timeout_s=settings.ui.request_timeout_s,
+                   replicas=settings.vllm.replica_urls)  # fmt: skip
 
     async def list_models(self) -> list[ModelInfo]:
         """Base model first, then adapters by name. Raises ServingError when the server is unreachable."""
@@ -144,21 +151,51 @@ class ServingClient:
         return int(result["count"]), int(result.get("max_model_len") or 0)
 
     async def load_adapter(self, name: str, path: str) -> None:
-        """Load a LoRA adapter folder (a path on the server's machine) into the running server as model `name`.
+        """Load a LoRA adapter folder (a path on the servers' machines) as model `name`, into every replica.
 
-        Needs a server started with `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`.
+        Needs servers started with `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`.
         """
-        try:
-            await self._client.post("/load_lora_adapter", body={"lora_name": name, "lora_path": path}, cast_to=str)
-        except openai.OpenAIError as exc:
-            raise ServingError(f"cannot load adapter '{name}': {_reason(exc)}") from exc
+        for replica in self.replicas:
+            try:
+                await self._client.post(f"{replica}/load_lora_adapter", body={"lora_name": name, "lora_path": path},
+                                        cast_to=str)  # fmt: skip
+            except openai.OpenAIError as exc:
+                raise ServingError(f"cannot load adapter '{name}'{self._where(replica)}: {_reason(exc)}") from exc
 
     async def unload_adapter(self, name: str) -> None:
-        """Remove a LoRA adapter from the running server; requests naming it then get 404."""
-        try:
-            await self._client.post("/unload_lora_adapter", body={"lora_name": name}, cast_to=str)
-        except openai.OpenAIError as exc:
-            raise ServingError(f"cannot unload adapter '{name}': {_reason(exc)}") from exc
+        """Remove a LoRA adapter from every replica; requests naming it then get 404."""
+        for replica in self.replicas:
+            try:
+                await self._client.post(f"{replica}/unload_lora_adapter", body={"lora_name": name}, cast_to=str)
+            except openai.OpenAIError as exc:
+                raise ServingError(f"cannot unload adapter '{name}'{self._where(replica)}: {_reason(exc)}") from exc
+
+    def _where(self, replica: str) -> str:
+        return f" on replica {replica}" if len(self.replicas) > 1 else ""
+
+    async def sync_adapters(self) -> list[str]:
+        """Behind a router: load into each replica the run-time adapters another one serves and it lacks (a replica
+        that was restarted lost them). Returns "name → replica" for each one loaded. Adapters' folders must be
+        readable by every replica (a shared folder)."""
+        if len(self.replicas) < 2:
+            return []
+        served: dict[str, dict[str, str]] = {}
+        for replica in self.replicas:
+            try:
+                page = await self._client.get(f"{replica}/models", cast_to=object)
+            except openai.OpenAIError:
+                continue  # down: the router already sends its traffic elsewhere
+            data = page.get("data", []) if isinstance(page, dict) else []
+            served[replica] = {str(m["id"]): str(m.get("root")) for m in data if m.get("parent") and m.get("root")}
+        everything = {name: root for adapters in served.values() for name, root in adapters.items()}
+        loaded = []
+        for replica, adapters in served.items():
+            for name in sorted(set(everything) - set(adapters)):
+                body = {"lora_name": name, "lora_path": everything[name]}
+                with contextlib.suppress(openai.OpenAIError):
+                    await self._client.post(f"{replica}/load_lora_adapter", body=body, cast_to=str)
+                    loaded.append(f"{name} → {replica}")
+        return loaded
 
     async def close(self) -> None:
         await self._client.close()

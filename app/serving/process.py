@@ -40,7 +40,11 @@ class VLLMServer:
     """A vLLM OpenAI-compatible server run as a child process. Use as a context manager, or start()/stop()."""
 
     def __init__(
-        self, settings: Settings, log_path: Path | None = None, adapters: dict[str, Path] | None = None
+        self,
+        settings: Settings,
+        log_path: Path | None = None,
+        adapters: dict[str, Path] | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.settings = settings
         self.log_path = log_path or settings.paths.data / "logs" / "vllm.log"
@@ -48,7 +52,7 @@ class VLLMServer:
         self.adapters = discover_adapters(settings.paths.adapters) if adapters is None else adapters
         # A fresh key per run, given to vLLM through its environment (not its command line, which `ps` shows):
         # only our clients can call it, so nothing else on this machine can load an unvalidated adapter into it.
-        self.api_key = secrets.token_urlsafe(24)
+        self.api_key = api_key or secrets.token_urlsafe(24)  # replicas behind one router share one
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
