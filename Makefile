@@ -84,6 +84,12 @@ check: lint typecheck test
 clean:
 	rm -rf .data .pytest_cache
 
+# The README's and docs/screenshots/ pictures, taken by the browser on the real app with the shipped adapters
+# (slow: real answers on a CPU). Look at them before committing.
+.PHONY: screenshots
+screenshots: model browser
+	ARENA_SCREENSHOTS=docs/screenshots $(PY) -m pytest -m slow tests/test_screenshots.py $(PYTEST_ARGS)
+
 # Trains the four shipped LoRA adapters one after another (docs/adapters.md; ~15-50 min each on 2 CPU cores).
 .PHONY: train-all
 train-all: model
