@@ -53,9 +53,12 @@ def mean(values: list[float]) -> float | None:
     return round(statistics.fmean(values), 3) if values else None
 
 
-async def measure(playground: Playground, judge: Judge, domain: str, setups: dict[str, Setup]) -> dict[str, Any]:
-    """Each setup's answers to the paraphrase split, judged: terminology, hallucination, loops, voice."""
-    items = judge.content.paraphrases[domain]
+async def measure(
+    playground: Playground, judge: Judge, domain: str, setups: dict[str, Setup], limit: int | None = None
+) -> dict[str, Any]:
+    """Each setup's answers to the paraphrase split (its first `limit` questions), judged: terminology,
+    hallucination, loops, voice."""
+    items = judge.content.paraphrases[domain][:limit]
     policy = judge.content.domains[domain]
     evidence = {item.id: judge.evidence(policy, item.question) for item in items}
     semaphore = asyncio.Semaphore(8)
