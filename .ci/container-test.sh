@@ -93,7 +93,8 @@ log "running it (PORT=$PORT as a platform sets it; an account from the environme
 pod volume rm -f "$VOLUME" >/dev/null 2>&1 || true
 pod volume create "$VOLUME" >/dev/null
 pod rm -f "$NAME" >/dev/null 2>&1 || true
-pod run -d --name "$NAME" --network=host -v "$VOLUME:/data" \
+# vLLM's CPU engine needs ~400 MiB of /dev/shm (its message queues); the 64 MiB default of docker and podman is too small.
+pod run -d --name "$NAME" --network=host --shm-size=1g -v "$VOLUME:/data" \
   -e PORT="$PORT" -e ARENA_VLLM__PORT="$VLLM_PORT" -e ARENA_AUTH__USERS="$ACCOUNT" -e ARENA_AUTH__ADMINS=tester \
   "$IMAGE" >/dev/null
 

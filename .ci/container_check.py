@@ -41,8 +41,9 @@ FOUR_WAY = [  # base + persona, adapter + persona, base + persona + RAG, adapter
 
 
 class MemorySampler(threading.Thread):
-    """Reads the container's memory use from its cgroup folder every 0.2 s (v2 memory.current or v1
-    memory.usage_in_bytes; both count page cache, as a memory limit does) and keeps the largest value seen."""
+    """Reads the container's memory use from its cgroup folder every 0.2 s and keeps the largest values seen: the
+    usage a memory limit counts (v2 memory.current, v1 memory.usage_in_bytes; page cache included) and the anonymous
+    memory of its processes (memory.stat: v2 anon, v1 total_rss), which is what cannot be reclaimed."""
 
     def __init__(self, folder: Path) -> None:
         super().__init__(daemon=True)
@@ -50,13 +51,20 @@ class MemorySampler(threading.Thread):
         self.file = next((folder / name for name in names if (folder / name).is_file()), None)
         if self.file is None:
             raise SystemExit(f"no memory.current or memory.usage_in_bytes in {folder}")
+        self.stat = folder / "memory.stat"
         self.peak = 0
+        self.anon_peak = 0
         self.samples = 0
         self.stop = threading.Event()
+
+    def anon(self) -> int:
+        fields = dict(line.split() for line in self.stat.read_text().splitlines() if line.count(" ") == 1)
+        return int(fields.get("anon", fields.get("total_rss", 0)))
 
     def run(self) -> None:
         while not self.stop.is_set():
             self.peak = max(self.peak, int(self.file.read_text()))
+            self.anon_peak = max(self.anon_peak, self.anon())
             self.samples += 1
             self.stop.wait(0.2)
 
@@ -110,6 +118,7 @@ def check_answer(args: argparse.Namespace) -> dict[str, Any]:
         "stream_updates": updates,
         "answer_chars": [len(answer) for answer in answers],
         "memory_peak_while_streaming_gib": round(sampler.peak / 2**30, 2),
+        "anon_memory_peak_while_streaming_gib": round(sampler.anon_peak / 2**30, 2),
         "memory_samples": sampler.samples,
         "memory_peak_since_start_gib": round((lifetime_peak(Path(args.memory_dir)) or 0) / 2**30, 2),
         "vote": message,
