@@ -128,7 +128,7 @@ peak=$("$PYTHON" -c 'import json, sys; print(json.loads(sys.argv[1])["memory_pea
 "$PYTHON" -c "import sys; sys.exit(0 if $peak < $MEMORY_LIMIT_GIB else 1)" || fail "peak memory $peak GiB >= $MEMORY_LIMIT_GIB GiB"
 
 log "restarting the container: the vote must still be there"
-pod restart "$NAME" >/dev/null
+pod restart -t 90 "$NAME" >/dev/null  # a clean stop (vLLM included) took ~40 s here; the default 10 s ends in SIGKILL
 wait_healthy
 votes=$("$PYTHON" .ci/container_check.py votes --url "http://127.0.0.1:$PORT/" --auth "$ACCOUNT" --expect 1)
 echo "$votes"
