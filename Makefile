@@ -103,3 +103,9 @@ eval: model
 .PHONY: container-test
 container-test: install
 	PYTHON=$(PY) .ci/container-test.sh
+
+# Slow tier after container-test (root, minutes): compose.yaml up with podman-compose and its PostgreSQL profile,
+# checked through the app and taken down again (docs/deploy.md, "Compose").
+.PHONY: compose-test
+compose-test: install
+	PYTHON=$(PY) .ci/compose-test.sh
