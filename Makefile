@@ -69,7 +69,7 @@ test-slow: lint typecheck model browser postgres
 lint: install-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(VENV)/bin/hadolint Dockerfile Dockerfile.gpu
+	$(VENV)/bin/hadolint Dockerfile Dockerfile.gpu .ci/postgres.Dockerfile
 
 format: install-dev
 	$(PY) -m ruff format .
