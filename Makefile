@@ -69,7 +69,7 @@ test-slow: lint typecheck model browser postgres
 lint: install-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/hadolint Dockerfile Dockerfile.gpu .ci/postgres.Dockerfile
 
 format: install-dev
 	$(PY) -m ruff format .
@@ -102,3 +102,16 @@ train-all: model
 eval: model
 	$(PY) -m app.eval --questions evals/*.jsonl evals/paraphrase/*.jsonl --out .data/eval --results-md docs/results.md \
 		--model-cards adapters --adapters-md docs/adapters.md $(EVAL_ARGS)
+
+# Slow tier, not in `make test` (root, minutes): build the CPU image with podman on a local Debian base, run it as a
+# Space would and check it (page, four streaming panels and their peak memory, a vote across a restart, non-root,
+# HEALTHCHECK, image size). docs/deploy.md records the last run.
+.PHONY: container-test
+container-test: install
+	PYTHON=$(PY) .ci/container-test.sh
+
+# Slow tier after container-test (root, minutes): compose.yaml up with podman-compose and its PostgreSQL profile,
+# checked through the app and taken down again (docs/deploy.md, "Compose").
+.PHONY: compose-test
+compose-test: install
+	PYTHON=$(PY) .ci/compose-test.sh
