@@ -96,3 +96,10 @@ train-all: model
 eval: model
 	$(PY) -m app.eval --questions evals/*.jsonl evals/paraphrase/*.jsonl --out .data/eval --results-md docs/results.md \
 		--model-cards adapters --adapters-md docs/adapters.md $(EVAL_ARGS)
+
+# Serving benchmark (bench/bench_serving.py): base vs adapter requests on real vLLM servers, with and without LoRA,
+# interleaved, medians; a table on stdout and bench/results/$(BENCH_LABEL).json. ~10 min on 2 CPU cores.
+.PHONY: bench
+BENCH_LABEL ?= latest
+bench: model
+	$(PY) bench/bench_serving.py --label $(BENCH_LABEL) $(BENCH_ARGS)

@@ -16,6 +16,7 @@ in pyproject.toml; `make install` installs the project so the entry point exists
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -49,3 +50,4 @@ def register() -> None:
         setattr(lora_ops, name, fixed)
         if hasattr(punica_cpu, name):
             setattr(punica_cpu, name, fixed)
+    print(f"adapter-arena plugin: LoRA index -1 fix applied ({__file__})", file=sys.stderr, flush=True)
