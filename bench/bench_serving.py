@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default=time.strftime("%Y%m%d-%H%M%S"), help="name of the JSON in --results")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results", help="folder for the JSON")
     parser.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache per server (2 servers run)")
-    parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds a server may take to start")
+    parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds a server may take to start")
     parser.add_argument("--seed", type=int, default=0, help="seed of the case order")
     args = parser.parse_args(argv)
 
