@@ -70,5 +70,5 @@ def register() -> None:
             setattr(punica_cpu, name, fixed)
     ops = lora_ops_setting()
     if ops == "grouped":
-        CpuPlatform.get_punica_wrapper = classmethod(lambda cls: GROUPED_WRAPPER)  # type: ignore[method-assign]
+        CpuPlatform.get_punica_wrapper = classmethod(lambda cls: GROUPED_WRAPPER)  # type: ignore[method-assign,assignment]
     print(f"adapter-arena plugin: LoRA index -1 fix applied, {ops} LoRA ops ({__file__})", file=sys.stderr, flush=True)
