@@ -115,3 +115,10 @@ container-test: install
 .PHONY: compose-test
 compose-test: install
 	PYTHON=$(PY) .ci/compose-test.sh
+
+# Serving benchmark (bench/bench_serving.py): base vs adapter requests on real vLLM servers, with and without LoRA,
+# interleaved, medians; a table on stdout and bench/results/$(BENCH_LABEL).json. ~10 min on 2 CPU cores.
+.PHONY: bench
+BENCH_LABEL ?= latest
+bench: model
+	$(PY) bench/bench_serving.py --label $(BENCH_LABEL) $(BENCH_ARGS)

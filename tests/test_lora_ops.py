@@ -1,0 +1,170 @@
+"""The grouped CPU LoRA ops (app/serving/cpu_lora.py) against vLLM's own PyTorch ops, on random weights.
+
+The reference is `PunicaWrapperCPU.add_lora_linear` (vllm.lora.ops.torch_ops) with the plugin's index -1 fix; the
+grouped wrapper must give the same output for mixed batches (base tokens, adapters in one or several runs, several
+slices). In float32 the two differ only by summation order (tolerance 1e-5); in bfloat16 the expand rounds to
+bfloat16 in both, so they agree to within a bfloat16 rounding step of the output (tolerance 1e-2 on values ~1).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from vllm.lora.layers.utils import LoRAMapping
+from vllm.lora.ops.torch_ops import lora_ops
+from vllm.lora.punica_wrapper import punica_cpu
+from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+from app.serving import vllm_plugin
+from app.serving.cpu_lora import GroupedPunicaWrapperCPU, lora_groups
+
+MAX_LORAS, RANK, HIDDEN = 4, 8, 48
+SLOT_IDS = [11, 12, 13, 14]  # LoRA ids in slots 0..3; id 0 = no adapter (index -1)
+CASES = {
+    "one adapter": [12] * 5,
+    "base only": [0] * 4,
+    "base and adapters in runs": [0, 0, 11, 11, 11, 0, 13, 14, 14],
+    "one adapter in separate runs": [12, 0, 12, 12, 0, 0, 12, 11],
+    "decode, four adapters": [14, 11, 13, 12],
+    "a single token": [13],
+}
+
+
+@pytest.fixture(autouse=True)
+def _fixed_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference runs vLLM's ops with the plugin's -1 fix (without it, -1 tokens get the last slot)."""
+    for name in vllm_plugin.PATCHED_OPS:
+        original = getattr(lora_ops, name)
+        fixed = vllm_plugin.without_lora_rows(getattr(original, "__wrapped__", original))
+        monkeypatch.setattr(lora_ops, name, fixed)  # where vLLM's sgmv ops look them up
+        monkeypatch.setattr(punica_cpu, name, fixed)  # and the CPU wrapper's own imports
+
+
+def wrappers(ids: list[int]) -> tuple[PunicaWrapperCPU, GroupedPunicaWrapperCPU]:
+    mapping = LoRAMapping(index_mapping=tuple(ids), prompt_mapping=tuple(ids), is_prefill=True)
+    made = (PunicaWrapperCPU(64, 16, "cpu"), GroupedPunicaWrapperCPU(64, 16, "cpu"))
+    for wrapper in made:
+        wrapper.update_metadata(mapping, list(SLOT_IDS), MAX_LORAS, 1000)
+    return made
+
+
+def stacked(output_slices: tuple[int, ...], dtype: torch.dtype, rng: torch.Generator) -> tuple[tuple, tuple]:
+    """Random stacked weights as vLLM stores them: A (slots, 1, rank, in), B (slots, 1, out, rank)."""
+    a = tuple(torch.randn(MAX_LORAS, 1, RANK, HIDDEN, generator=rng).to(dtype) for _ in output_slices)
+    b = tuple(torch.randn(MAX_LORAS, 1, size, RANK, generator=rng).to(dtype) * 0.1 for size in output_slices)
+    return a, b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("output_slices", [(40,), (48, 16, 16), (64, 64)])
+@pytest.mark.parametrize("case", CASES)
+def test_grouped_ops_match_vllms(case: str, output_slices: tuple[int, ...], dtype: torch.dtype) -> None:
+    ids = CASES[case]
+    rng = torch.Generator().manual_seed(len(ids) * 7 + len(output_slices))
+    lora_a, lora_b = stacked(output_slices, dtype, rng)
+    x = torch.randn(len(ids), HIDDEN, generator=rng).to(dtype)
+    base = torch.randn(len(ids), sum(output_slices), generator=rng).to(dtype)
+    reference, grouped = wrappers(ids)
+    want, got = base.clone(), base.clone()
+    reference.add_lora_linear(want, x, lora_a, lora_b, 1.0, output_slices)
+    grouped.add_lora_linear(got, x, lora_a, lora_b, 1.0, output_slices)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got, want, atol=tolerance, rtol=tolerance, msg=f"{case}: grouped != vLLM's ops")
+    base_rows = [n for n, lora_id in enumerate(ids) if lora_id == 0]
+    assert torch.equal(got[base_rows], base[base_rows]), "tokens without an adapter must get exactly no delta"
+    if len(base_rows) < len(ids):
+        assert not torch.equal(got, base), "adapter tokens must change (else this test proves nothing)"
+
+
+def test_scale_is_applied_like_vllms() -> None:
+    rng = torch.Generator().manual_seed(3)
+    lora_a, lora_b = stacked((32, 32), torch.float32, rng)
+    ids = [11, 0, 13]
+    x, base = torch.randn(3, HIDDEN, generator=rng), torch.zeros(3, 64)
+    reference, grouped = wrappers(ids)
+    want, got = base.clone(), base.clone()
+    reference.add_lora_linear(want, x, lora_a, lora_b, 0.5, (32, 32))
+    grouped.add_lora_linear(got, x, lora_a, lora_b, 0.5, (32, 32))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_new_adapter_weights_are_picked_up() -> None:
+    """vLLM writes an adapter into a slot in place (set_lora): the fused copy must follow, not go stale."""
+    rng = torch.Generator().manual_seed(5)
+    lora_a, lora_b = stacked((40,), torch.float32, rng)
+    ids = [12, 12]
+    x = torch.randn(2, HIDDEN, generator=rng)
+    reference, grouped = wrappers(ids)
+    first = torch.zeros(2, 40)
+    grouped.add_lora_linear(first, x, lora_a, lora_b, 1.0, (40,))
+    lora_a[0][1, 0].copy_(torch.randn(RANK, HIDDEN, generator=rng))  # what set_lora does to slot 1
+    lora_b[0][1].zero_()
+    lora_b[0][1, 0, :, :2] = 1.0
+    want, got = torch.zeros(2, 40), torch.zeros(2, 40)
+    reference.add_lora_linear(want, x, lora_a, lora_b, 1.0, (40,))
+    grouped.add_lora_linear(got, x, lora_a, lora_b, 1.0, (40,))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, first), "the new weights must change the output"
+
+
+@pytest.mark.parametrize(
+    ("indices", "expected"),
+    [
+        ([3, 3, 3], [(3, slice(0, 3))]),
+        ([-1, -1], []),
+        ([-1, 0, 0, -1, 2], [(0, slice(1, 3)), (2, slice(4, 5))]),
+        ([1, -1, 1, 1, 0], [(1, [0, 2, 3]), (0, slice(4, 5))]),
+    ],
+)
+def test_groups_skip_base_tokens(indices: list[int], expected: list[tuple[int, object]]) -> None:
+    groups = lora_groups(torch.tensor(indices))
+    assert [g.slot for g in groups] == [slot for slot, _ in expected]
+    for group, (_, rows) in zip(groups, expected, strict=True):
+        if isinstance(rows, slice):
+            assert group.rows == rows
+        else:
+            assert isinstance(group.rows, torch.Tensor) and group.rows.tolist() == rows
+
+
+def test_plugin_selects_the_grouped_wrapper(monkeypatch: pytest.MonkeyPatch) -> None:
+    """register() makes vLLM's CPU platform name our wrapper, and the name resolves; `vllm` keeps vLLM's own."""
+    from vllm.platforms.cpu import CpuPlatform
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+
+    monkeypatch.setattr(CpuPlatform, "get_punica_wrapper", CpuPlatform.get_punica_wrapper)
+    for name in vllm_plugin.PATCHED_OPS:
+        monkeypatch.setattr(lora_ops, name, getattr(lora_ops, name))
+        monkeypatch.setattr(punica_cpu, name, getattr(punica_cpu, name))
+    monkeypatch.setenv(vllm_plugin.OPS_ENV, "vllm")
+    vllm_plugin.register()
+    assert CpuPlatform.get_punica_wrapper() == "vllm.lora.punica_wrapper.punica_cpu.PunicaWrapperCPU"
+    monkeypatch.delenv(vllm_plugin.OPS_ENV)
+    vllm_plugin.register()
+    assert resolve_obj_by_qualname(CpuPlatform.get_punica_wrapper()) is GroupedPunicaWrapperCPU
+    monkeypatch.setenv(vllm_plugin.OPS_ENV, "fast")
+    with pytest.raises(ValueError, match="grouped"):
+        vllm_plugin.register()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES)
+def test_grouped_embedding_and_logits_match_vllms(case: str, dtype: torch.dtype) -> None:
+    """The embedding LoRA (expand only) and the LM head's LoRA, one slot left all zeros (an adapter without them)."""
+    ids = CASES[case]
+    rng = torch.Generator().manual_seed(len(ids))
+    (lora_a,), (lora_b,) = stacked((56,), dtype, rng)
+    lora_a[2].zero_()
+    lora_b[2].zero_()
+    x = torch.randn(len(ids), HIDDEN, generator=rng).to(dtype)
+    shrunk = torch.randn(len(ids), RANK, generator=rng).to(dtype)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    reference, grouped = wrappers(ids)
+    for name, call in {
+        "embedding": lambda w, y: w.add_lora_embedding(y, shrunk, lora_b, add_inputs=True),
+        "logits": lambda w, y: w.add_lora_logits(y, x, lora_a, lora_b, 1.0),
+    }.items():
+        base = torch.randn(len(ids), 56, generator=rng).to(dtype)
+        want, got = base.clone(), base.clone()
+        call(reference, want)
+        call(grouped, got)
+        torch.testing.assert_close(got, want, atol=tolerance, rtol=tolerance, msg=f"{case}, {name}")
