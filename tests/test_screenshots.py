@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -27,23 +29,26 @@ QUESTION = "I'm going to Spain for a week. How much will it cost to use my phone
 def app_with_adapters(
     vllm_server: VLLMServer, server_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    client = vllm_server.client()
-
     async def load(names: tuple[str, ...], unload: bool = False) -> None:
+        client = vllm_server.client()  # one per event loop: each call runs in its own
         for name in names:
             if unload:
                 await client.unload_adapter(name)
             else:
                 await client.load_adapter(name, str(REPO / "adapters" / name))
 
-    asyncio.run(load(SHIPPED))
+    def run(names: tuple[str, ...], unload: bool = False) -> None:  # Playwright's sync API owns this thread's loop
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, load(names, unload)).result()
+
+    run(SHIPPED)
     try:
         with VoteStore.in_folder(tmp_path_factory.mktemp("shots")) as store:
             demo = build_app(server_settings, vllm_server.client(), store=store)
             with launched(demo) as url:
                 yield url
     finally:
-        asyncio.run(load(SHIPPED, unload=True))
+        run(SHIPPED, unload=True)
 
 
 def shot(page: Page, name: str, *, full_page: bool = True) -> None:
@@ -56,10 +61,14 @@ def test_screenshots_of_every_tab(browser: Browser, app_with_adapters: str) -> N
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.goto(app_with_adapters)
     page.get_by_label("Panel 1 model").wait_for()
+    expect(page.get_by_label("Your question")).not_to_have_value("", timeout=60_000)  # the page's own set-up is done
     page.get_by_label("Domain").first.click()
     page.get_by_role("option", name="support", exact=True).click()
+    expect(page.get_by_label("Your question")).to_have_value(re.compile("Acme"), timeout=30_000)  # domain applied
     page.get_by_label("Preset").click()
     page.get_by_role("option", name="classic four-way").click()
+    expect(page.get_by_label("Preset")).to_have_value("classic four-way")
+    page.keyboard.press("Escape")  # the option list closed, so the click lands on the button
     page.get_by_role("button", name="Apply preset").click()
     expect(page.get_by_label("Panel 4 model")).to_have_value("support", timeout=30_000)
     page.get_by_label("Your question").fill(QUESTION)
@@ -81,12 +90,12 @@ def test_screenshots_of_every_tab(browser: Browser, app_with_adapters: str) -> N
     shot(page, "leaderboard")
 
     page.get_by_role("tab", name="Adapters").click()
-    expect(page.get_by_text("support", exact=True).first).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("gridcell", name="support", exact=True)).to_be_visible(timeout=60_000)
     shot(page, "adapters")
 
     page.get_by_role("tab", name="Eval").click()
-    page.get_by_label("support").check()
-    page.get_by_label("finance").uncheck()
+    page.get_by_role("checkbox", name="support", exact=True).check()
+    page.get_by_role("checkbox", name="finance", exact=True).uncheck()
     page.get_by_label("number input for Questions per domain").fill("2")
     page.get_by_label("number input for Answer length (tokens)").fill("96")
     page.get_by_role("button", name="Run eval").click()

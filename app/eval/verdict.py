@@ -189,8 +189,8 @@ def _split_parts(axes: Mapping[str, Axis], volatile: bool) -> tuple[str, str] | 
     ]
     if not adapter or not (rag or volatile):
         return None
-    facts = rag or ["facts"]
-    why = " because they change fast" if volatile else ""
+    facts = [*rag, "facts"] if volatile and "facts" not in rag else rag
+    why = " (its facts change fast)" if volatile else ""
     return (
         "combine",
         f"use the adapter for {' and '.join(adapter)} and RAG for {' and '.join(facts)}{why}: "
