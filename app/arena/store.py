@@ -121,8 +121,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # that off and BEGIN ourselves (_sqlite_begin), so migrations are transactional (SQLAlchemy's SQLite recipe).
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # first: switching to WAL waits for a lock too
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.close()
 
 
