@@ -155,23 +155,20 @@ class ServingClient:
 
         Needs servers started with `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`.
         """
-        for replica in self.replicas:
-            try:
-                await self._client.post(f"{replica}/load_lora_adapter", body={"lora_name": name, "lora_path": path},
-                                        cast_to=str)  # fmt: skip
-            except openai.OpenAIError as exc:
-                raise ServingError(f"cannot load adapter '{name}'{self._where(replica)}: {_reason(exc)}") from exc
+        await self._on_every_replica("load", name, {"lora_name": name, "lora_path": path})
 
     async def unload_adapter(self, name: str) -> None:
         """Remove a LoRA adapter from every replica; requests naming it then get 404."""
+        await self._on_every_replica("unload", name, {"lora_name": name})
+
+    async def _on_every_replica(self, action: str, name: str, body: dict[str, str]) -> None:
+        """POST vLLM's /{action}_lora_adapter to each replica in turn (the router sends a request to one of them)."""
         for replica in self.replicas:
             try:
-                await self._client.post(f"{replica}/unload_lora_adapter", body={"lora_name": name}, cast_to=str)
+                await self._client.post(f"{replica}/{action}_lora_adapter", body=body, cast_to=str)
             except openai.OpenAIError as exc:
-                raise ServingError(f"cannot unload adapter '{name}'{self._where(replica)}: {_reason(exc)}") from exc
-
-    def _where(self, replica: str) -> str:
-        return f" on replica {replica}" if len(self.replicas) > 1 else ""
+                where = f" on replica {replica}" if len(self.replicas) > 1 else ""
+                raise ServingError(f"cannot {action} adapter '{name}'{where}: {_reason(exc)}") from exc
 
     async def sync_adapters(self) -> list[str]:
         """Behind a router: load into each replica the run-time adapters another one serves and it lacks (a replica
