@@ -80,6 +80,40 @@ async def test_dead_server_is_a_clear_error() -> None:
             pass
 
 
+async def test_a_connection_the_server_is_about_to_close_is_not_reused() -> None:
+    """vLLM closes a connection idle for 5 s; a request sent on it at that moment gets no answer. This server
+    behaves as if it closed every connection idle for more than 2.5 s just as the next request came in: the client
+    must have retired such a connection already and open a new one."""
+    idle_limit_s = 2.5
+    body = json.dumps({"object": "list", "data": [{"id": "base", "object": "model", "created": 0, "owned_by": "x"}]})
+    response = (f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+                f"connection: keep-alive\r\n\r\n{body}").encode()  # fmt: skip
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        answered_at: float | None = None
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                if answered_at is not None and loop.time() - answered_at > idle_limit_s:
+                    break  # "closed" just as the request arrived: no response
+                writer.write(response)
+                await writer.drain()
+                answered_at = loop.time()
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(serve, "127.0.0.1", port)
+    client = ServingClient(f"http://127.0.0.1:{port}/v1", timeout_s=5)
+    try:
+        assert [m.id for m in await client.list_models()] == ["base"]
+        await asyncio.sleep(idle_limit_s + 0.5)
+        assert [m.id for m in await client.list_models()] == ["base"]  # "server disconnected" if reused
+    finally:
+        await client.close()
+        server.close()
+
+
 def test_start_failure_shows_log_tail(tmp_path: Path) -> None:
     settings = load_settings(
         None, {"model.path": str(tmp_path / "no-model"), "vllm.port": free_port(), "paths.data": str(tmp_path)}

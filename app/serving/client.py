@@ -53,6 +53,12 @@ def server_is_up(base_url: str, api_key: str | None = None) -> bool:
         return False
 
 
+# vLLM's HTTP server closes a connection idle for 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE), and httpx keeps one for 5 s too:
+# a request sent on a connection at the moment the server closes it fails as "server disconnected" (seen under load).
+# Retiring idle connections well before the server does leaves no such race.
+CONNECTION_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=2.0)
+
+
 class ServingClient:
     """Async client for the app's calls to an OpenAI-compatible (vLLM) server."""
 
@@ -71,6 +77,7 @@ class ServingClient:
             api_key=api_key or "EMPTY",
             timeout=timeout_s,
             max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(limits=CONNECTION_LIMITS),
         )
 
     @classmethod
