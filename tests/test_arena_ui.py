@@ -28,7 +28,7 @@ from app.inert import inert_markdown
 from app.prompts import message_text
 from app.serving.client import ServingClient
 from app.serving.process import VLLMServer
-from app.setups import Setup
+from app.setups import RECOMMENDED, Setup
 from app.ui import build_app
 from app.ui.arena_tab import HIDDEN_ERROR
 from tests.conftest import free_port
@@ -36,7 +36,7 @@ from tests.conftest import free_port
 DOMAIN = "support"
 POOL = ["base", "base+persona", "base+persona+rag"]  # every configuration the base-only server can run
 SUPPORT = Domain(name=DOMAIN, persona=DOMAIN, adapter=DOMAIN, knowledge_base=DOMAIN)
-PLAYED = {Setup.parse(spec, SUPPORT, temperature=0.0, max_tokens=32).label for spec in POOL}
+PLAYED = {Setup.parse(spec, SUPPORT, temperature=0.0, max_tokens=32, **RECOMMENDED).label for spec in POOL}
 
 
 @dataclass

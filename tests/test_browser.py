@@ -15,8 +15,10 @@ from playwright.sync_api import Browser, Page, expect
 
 from app.arena.store import VoteStore
 from app.config import Settings
+from app.content import Domain
 from app.serving.client import ServingClient
 from app.serving.process import VLLMServer
+from app.setups import RECOMMENDED, Setup
 from app.ui import build_app
 from tests.conftest import REPO, free_port, launched
 from tests.fake_openai import FakeOpenAI
@@ -125,7 +127,9 @@ def test_arena_round_vote_reveal_and_leaderboard(browser: Browser, app_url: str)
 
     a_better = page.get_by_role("button", name="A is better")
     expect(a_better).to_be_enabled(timeout=120_000)  # both answers are done
-    labels = ["base model (T=0, 32 tokens)", "base model + support persona (T=0, 32 tokens)"]
+    support = Domain(name="support", persona="support", adapter="support", knowledge_base="support")
+    labels = [Setup.parse(spec, support, temperature=0.0, max_tokens=32, **RECOMMENDED).label
+              for spec in ("base", "base+persona")]  # fmt: skip
     assert all(page.get_by_text(label).count() == 0 for label in labels), "no identity before the vote"
     answers = panel_texts(page)  # the Compare tab's panels are empty: these are Model A's and Model B's
     assert len(answers) == 2 and all(text.strip() and "⚠️" not in text for text in answers), answers
