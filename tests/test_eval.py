@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import subprocess
 import sys
 import time
@@ -377,6 +378,27 @@ def assert_answered_support_lines(lines: list[dict[str, Any]]) -> None:
             assert r["scores"]["groundedness"] is None
         assert bool(r["sources"]) == (r["config"]["rag"] == "support")
         assert r["scores"]["voice"] and 0 <= r["scores"]["style_score"] <= 1, "support answers get brand-voice checks"
+
+
+def test_cli_starts_its_own_server_and_uses_its_key(server_settings: Settings, tmp_path: Path) -> None:
+    """Without --vllm-url the eval starts its own vLLM, which answers only with that run's key (make eval's path)."""
+    questions = tmp_path / "support.jsonl"
+    questions.write_text((REPO / "evals" / "support.jsonl").read_text().splitlines()[0] + "\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"model:\n  path: {server_settings.model.path}\npaths:\n  data: {server_settings.paths.data}\n"
+        f"  adapters: {tmp_path / 'no-adapters'}\nvllm:\n  port: {free_port()}\n  kv_cache_gib: 1\n"
+    )
+    out = tmp_path / "out"
+    args = ["--questions", str(questions), "--out", str(out), "--config", str(config), "--configs", "base",
+            "--max-tokens", "8"]  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if "API_KEY" not in key}  # no key from elsewhere
+    done = subprocess.run([sys.executable, "-m", "app.eval", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, check=False, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["spec"], bool(r["answer"]), r.get("error")) for r in lines] == [("base", True, None)], lines
+    assert "started by this run" in json.loads((out / "run.json").read_text())["server"]
 
 
 def test_cli_end_to_end_and_resume(

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from app import model_cards as model_cards_module
-from app.config import ConfigError, Settings, load_settings
+from app.config import ConfigError, load_settings
 from app.content import Content, EvalItem, load_content
 from app.eval import report
 from app.eval.run import (
@@ -207,10 +207,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def _evaluate_with_client(
-    settings: Settings, rag: RAGStore, content: Content, questions: Mapping[str, Sequence[EvalItem]],
+    client: ServingClient, rag: RAGStore, content: Content, questions: Mapping[str, Sequence[EvalItem]],
     args: argparse.Namespace,
 ) -> EvalRun:  # fmt: skip
-    client = ServingClient.from_settings(settings)
     playground = Playground(client, rag, content.personas)
     judge = Judge(content, rag)
     try:
@@ -245,7 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rag.ensure_index(kb)  # built (if stale) while vLLM loads
             if server is not None:
                 server.wait_ready()
-            run = asyncio.run(_evaluate_with_client(settings, rag, content, questions, args))
+            # Our own server answers only with its per-run key; an external one takes the key from the environment.
+            client = server.client() if server is not None else ServingClient.from_settings(settings)
+            run = asyncio.run(_evaluate_with_client(client, rag, content, questions, args))
     except (EvalError, ServingError, RAGError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
