@@ -15,6 +15,8 @@ password. Blocking calls: from async code run them in a worker thread
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -121,9 +123,26 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # that off and BEGIN ourselves (_sqlite_begin), so migrations are transactional (SQLAlchemy's SQLite recipe).
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # first: switching to WAL waits for a lock too
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    _switch_to_wal(cursor)
     cursor.close()
+
+
+def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
+    """WAL is a property of the file, kept once set. The switch needs a lock that SQLite does not wait for (the busy
+    timeout does not apply: three processes opening a new database at once got "database is locked"), so it is
+    retried for as long as the busy timeout would have waited."""
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _sqlite_begin(connection: Connection) -> None:
