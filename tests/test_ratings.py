@@ -10,21 +10,17 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau
 
+from app.arena.leaderboard import NOT_RATED, Standing, interval_text, leaderboard, rating_text
 from app.arena.ratings import (
     MIN_VOTES,
     MLE_C,
-    NOT_RATED,
     Battle,
     Outcome,
-    Standing,
     bootstrap_ci,
     bradley_terry,
     components,
     compute_elo,
-    interval_text,
-    leaderboard,
     rated_votes,
-    rating_text,
     vote_counts,
     win_rates,
 )

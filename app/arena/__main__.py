@@ -11,7 +11,8 @@ import re
 import sys
 from pathlib import Path
 
-from app.arena.ratings import Battle, BothBad, groups_of, interval_text, leaderboard, rating_text
+from app.arena.leaderboard import groups_of, interval_text, leaderboard, rating_text
+from app.arena.ratings import Battle, BothBad
 from app.arena.rounds import ArenaError, battles, preference_records, write_preferences
 from app.arena.store import StoreError, VoteStore
 from app.config import ConfigError, load_settings

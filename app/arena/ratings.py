@@ -10,8 +10,8 @@ right one), fitted by scikit-learn with a real L2 prior (`BT_C`) so that a few v
 ±1000-point swings. Coefficients are scaled to Elo points, 400/ln 10 · β, and anchored per connected group: the
 mean of the group's well-measured configurations (at least `MIN_VOTES` rated battles, both won and lost) is 1000,
 or a `reference` configuration is, so a newcomer cannot move everyone else. Configurations that never met (directly
-or through others) are in different groups: their ratings are not comparable. `leaderboard` also says which rows are
-not rated yet and which have an open-ended interval (never beaten, or never won). Nothing here reads files; see
+or through others) are in different groups: their ratings are not comparable. app.arena.leaderboard turns all this
+into standings (which rows are not rated yet, which intervals are open-ended). Nothing here reads files; see
 docs/arena.md. Example:
 
     .venv/bin/python -c "from app.arena.ratings import Battle, bradley_terry as bt; print(bt([Battle('x', 'y', 'a')]))"
@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -59,7 +59,6 @@ from threadpoolctl import threadpool_limits
 Outcome = Literal["a", "b", "tie", "both_bad"]
 OUTCOMES: tuple[str, ...] = get_args(Outcome)
 BothBad = Literal["tie", "drop"]
-Status = Literal["rated", "too_few_votes", "never_beaten", "never_won"]
 BASE_RATING = 1000.0
 SCALE = 400.0
 BT_C = 1.0  # scikit-learn's C on the mirrored rows: a prior β ~ N(0, 2C), SD ≈ 246 Elo points; study above
@@ -145,7 +144,7 @@ def rated_votes(battles: Sequence[Battle], both_bad: BothBad = "tie") -> dict[st
     return dict(Counter(name for a, b, _ in _scored(battles, both_bad) for name in (a, b)))
 
 
-def _points(battles: Sequence[Battle], both_bad: BothBad) -> tuple[dict[str, float], dict[str, float]]:
+def won_and_lost(battles: Sequence[Battle], both_bad: BothBad) -> tuple[dict[str, float], dict[str, float]]:
     """Points won and points lost by each name over its rated battles (a tie is ½ of each)."""
     won: defaultdict[str, float] = defaultdict(float)
     lost: defaultdict[str, float] = defaultdict(float)
@@ -167,7 +166,7 @@ def _anchors(
     `min_votes` is never an anchor, so it cannot shift the others.
     """
     counts = rated_votes(battles, both_bad)
-    won, lost = _points(battles, both_bad)
+    won, lost = won_and_lost(battles, both_bad)
     plan = []
     for group in components(battles, both_bad):
         if reference in group:
@@ -298,106 +297,3 @@ def win_rates(battles: Sequence[Battle], both_bad: BothBad = "tie") -> dict[str,
 def vote_counts(battles: Sequence[Battle]) -> dict[str, int]:
     """How many battles (of any outcome) each name took part in."""
     return dict(Counter(name for b in battles for name in (b.model_a, b.model_b)))
-
-
-@dataclass(frozen=True)
-class Standing:
-    """One leaderboard row: Bradley–Terry rating with its bootstrap interval, online Elo, votes, group and status.
-
-    `status` says how to read the row: "rated"; "too_few_votes" (fewer than `MIN_VOTES` rated battles: `rating`
-    and `interval` are None, show "not enough votes yet"); "never_beaten" / "never_won" (the rating is the prior's
-    cautious estimate and the interval's upper / lower end is open: the votes bound it on one side only).
-    `group` numbers the connected groups from 1 (biggest first); `rank` is the position within the group, the
-    rated rows first, then the unrated ones by their unshown estimate. Ratings compare only within a group.
-    """
-
-    name: str
-    rating: float | None  # None when not rated yet (status "too_few_votes")
-    interval: Interval | None  # None when not rated, or in no resample (tiny `rounds`)
-    elo: float
-    votes: int
-    group: int = 1
-    status: Status = "rated"
-    rank: int = 1
-
-    @property
-    def rated(self) -> bool:
-        """Whether the rating is shown (it has at least `MIN_VOTES` rated battles)."""
-        return self.status != "too_few_votes"
-
-
-def _status(votes: int, won: float, lost: float, min_votes: int) -> Status:
-    if votes < min_votes:
-        return "too_few_votes"
-    if lost == 0:
-        return "never_beaten"
-    if won == 0:
-        return "never_won"
-    return "rated"
-
-
-def leaderboard(
-    battles: Sequence[Battle],
-    rounds: int = 200,
-    seed: int = 0,
-    k: float = 4.0,
-    both_bad: BothBad = "tie",
-    *,
-    min_votes: int = MIN_VOTES,
-    reference: str | None = None,
-    c: float = BT_C,
-) -> list[Standing]:
-    """Every name, by group (biggest first), then rated rows best first, then unrated ones; see `Standing`."""
-    estimates = bradley_terry(battles, both_bad, c=c, min_votes=min_votes, reference=reference)
-    intervals = bootstrap_ci(
-        battles, rounds, seed=seed, both_bad=both_bad, c=c, min_votes=min_votes, reference=reference
-    )
-    elo = compute_elo(battles, k=k, both_bad=both_bad)
-    counts = vote_counts(battles)
-    rated = rated_votes(battles, both_bad)
-    won, lost = _points(battles, both_bad)
-    rows: list[Standing] = []
-    for number, group in enumerate(components(battles, both_bad), 1):
-        statuses = {name: _status(rated.get(name, 0), won[name], lost[name], min_votes) for name in group}
-        order = sorted(group, key=lambda name: (statuses[name] == "too_few_votes", -estimates[name], name))
-        for rank, name in enumerate(order, 1):
-            shown = statuses[name] != "too_few_votes"
-            rows.append(
-                Standing(
-                    name,
-                    estimates[name] if shown else None,
-                    intervals.get(name) if shown else None,
-                    elo[name],
-                    counts[name],
-                    group=number,
-                    status=statuses[name],
-                    rank=rank,
-                )
-            )
-    return rows
-
-
-def groups_of(rows: Iterable[Standing]) -> int:
-    """How many groups the standings span (1 when everything is comparable, 0 when empty)."""
-    return len({row.group for row in rows})
-
-
-NOT_RATED = "not enough votes yet"
-OPEN_END = "n/a"
-
-
-def rating_text(row: Standing) -> str:
-    """The rating as shown (whole points), or "not enough votes yet": the same words in the app and the CLI."""
-    return NOT_RATED if row.rating is None else f"{row.rating:.0f}"
-
-
-def interval_text(row: Standing) -> str:
-    """The 95% interval as shown: "lo – hi", with "n/a" for an open end (never beaten / never won) or no interval."""
-    if row.interval is None:
-        return OPEN_END
-    lower, upper = f"{row.interval.lower:.0f}", f"{row.interval.upper:.0f}"
-    if row.status == "never_beaten":
-        return f"{lower} – {OPEN_END} (never beaten)"
-    if row.status == "never_won":
-        return f"{OPEN_END} – {upper} (never won)"
-    return f"{lower} – {upper}"

@@ -19,16 +19,8 @@ import anyio
 import gradio as gr
 import pandas as pd
 
-from app.arena.ratings import (
-    MIN_VOTES,
-    BothBad,
-    Standing,
-    groups_of,
-    interval_text,
-    leaderboard,
-    rating_text,
-    win_rates,
-)
+from app.arena.leaderboard import Standing, groups_of, interval_text, leaderboard, rating_text
+from app.arena.ratings import MIN_VOTES, BothBad, win_rates
 from app.arena.rounds import battles, preference_records, write_preferences
 from app.arena.store import StoreError, Vote, VoteStore
 from app.content import Content
