@@ -244,8 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rag.ensure_index(kb)  # built (if stale) while vLLM loads
             if server is not None:
                 server.wait_ready()
-            # Our own server answers only with its per-run key; an external one takes the key from the environment.
-            client = server.client() if server is not None else ServingClient.from_settings(settings)
+            client = ServingClient.from_settings(settings, api_key=server.api_key if server else None)
             run = asyncio.run(_evaluate_with_client(client, rag, content, questions, args))
     except (EvalError, ServingError, RAGError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -57,7 +57,11 @@ def server_is_up(base_url: str, api_key: str | None = None) -> bool:
 # vLLM's HTTP server closes a connection idle for 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE), and the OpenAI client (httpx2)
 # keeps one for 5 s too: a request sent on a connection as the server closes it fails as "server disconnected".
 # Retiring idle connections well before the server does leaves no such race.
-CONNECTION_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=2.0)
+CONNECTION_LIMITS = httpx2.Limits(
+    max_connections=openai.DEFAULT_CONNECTION_LIMITS.max_connections,
+    max_keepalive_connections=openai.DEFAULT_CONNECTION_LIMITS.max_keepalive_connections,
+    keepalive_expiry=2.0,
+)
 
 
 class ServingClient:
