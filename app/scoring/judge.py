@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.content import Content, Domain, EvalItem, Persona
-from app.rag import Citation, RAGStore, embeddings
+from app.embeddings import embeddings
+from app.rag import Citation, RAGStore
 from app.scoring.checks import (
     FALSE_CLAIM,
     LOOP_REPEATS,
