@@ -96,7 +96,7 @@ train-all: model
 	for name in legal medical finance support; do $(PY) -m app.train $$name || exit 1; done
 
 # The full evaluation (docs/eval.md): every eval set through the configuration matrix with its own vLLM server
-# (~30 min on 2 CPU cores), results in .data/eval/ (resumable), then docs/results.md and its charts in docs/results/,
+# (1,974 answers: hours on 2 CPU cores, docs/eval.md), results in .data/eval/ (resumable), then docs/results.md and its charts in docs/results/,
 # and the adapter-vs-base tables in the adapters' model cards and docs/adapters.md.
 .PHONY: eval
 eval: model
@@ -122,3 +122,9 @@ compose-test: install
 BENCH_LABEL ?= latest
 bench: model
 	$(PY) bench/bench_serving.py --label $(BENCH_LABEL) $(BENCH_ARGS)
+
+# Where a decoding step's time goes (bench/profile_serving.py): vLLM's torch profiler around one run of four benchmark
+# cases (base without LoRA, base on our server, one adapter, four adapters); bench/results/profile-<date>.json.
+.PHONY: profile
+profile: model
+	$(PY) bench/profile_serving.py $(PROFILE_ARGS)

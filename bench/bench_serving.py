@@ -2,16 +2,17 @@
 
     .venv/bin/python bench/bench_serving.py [--tokens 96] [--rounds 5] [--label after]   (or: make bench)
 
-Starts two vLLM servers on free loopback ports, one after the other, and keeps both up:
+Starts three vLLM servers on free loopback ports, one after the other, and keeps them up:
 - `nolora`: the embedded model without `--enable-lora` (the reference every ratio divides by);
-- `ours`: the server `make run` starts (LoRA enabled, the shipped adapters of adapters/, our vLLM plugin loaded).
+- `ours`: the server `make run` starts (LoRA enabled, the shipped adapters of adapters/, our vLLM plugin loaded);
+- `compiled`: the same with torch.compile kept on for LoRA (`ADAPTER_ARENA_LORA_COMPILE=1`, app/serving/cpu_lora.py).
 Then runs every case once as a warm-up and `--rounds` times more, the cases of a round in a seeded shuffled order
-(so the two servers and all cases are measured interleaved, under the same machine load), each request forced to
+(so the servers and all cases are measured interleaved, under the same machine load), each request forced to
 exactly `--tokens` new tokens (ignore_eos + min_tokens), greedy. A case's figure is the median wall time until all
 its requests are done; TTFT is the median time to the first streamed token. Prints a Markdown table and writes a
 JSON file (figures, every sample, machine, load averages, versions) to bench/results/<label>.json.
 
-Only one server computes at a time; the idle one waits on its queue. Timings on a shared 2-core machine are noisy:
+Only one server computes at a time; the idle ones wait on their queues. Timings on a shared 2-core machine are noisy:
 read the ratios (measured side by side), not the absolute seconds.
 """
 
@@ -29,7 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,8 @@ from app.adapters.validate import discover_adapters
 from app.config import Settings, load_settings
 from app.model_prep import DEFAULT_OUT, prepare
 from app.serving.process import VLLMServer
+from app.serving.vllm_plugin import COMPILE_ENV
+from app.setups import RECOMMENDED
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = [
@@ -86,10 +90,19 @@ class Case:
     server: str  # "nolora" or "ours"
     models: tuple[str, ...]  # one request per model, all sent at once
     label: str
+    penalties: dict[str, float] = field(default_factory=dict)  # sampling controls beyond greedy, e.g. RECOMMENDED
+
+
+class CompiledLoRAServer(VLLMServer):
+    """Our server with torch.compile kept on for LoRA (the plugin's ADAPTER_ARENA_LORA_COMPILE=1)."""
+
+    def environment(self) -> dict[str, str]:
+        return {**super().environment(), COMPILE_ENV: "1"}
 
 
 def cases(adapters: list[str]) -> list[Case]:
     first = adapters[0]
+    penalty = ", ".join(f"{key} {value}" for key, value in RECOMMENDED.items()) + " (the app's default)"
     four = tuple((adapters * 4)[:4])
     return [
         Case("base_nolora", "nolora", ("base",), "base, server without --enable-lora"),
@@ -99,10 +112,16 @@ def cases(adapters: list[str]) -> list[Case]:
         Case("base4_ours", "ours", ("base",) * 4, "4 base at once, our server"),
         Case("adapters4_ours", "ours", four, "4 different adapters at once, our server"),
         Case("mixed4_ours", "ours", ("base", "base", *four[:2]), "2 base + 2 adapters at once, our server"),
+        Case("adapters4_penalty_ours", "ours", four, f"4 different adapters at once, {penalty}", RECOMMENDED),
+        Case("base_compiled", "compiled", ("base",), "base, our server compiled (ADAPTER_ARENA_LORA_COMPILE=1)"),
+        Case("adapter1_compiled", "compiled", (first,), f"one adapter ({first}), our server compiled"),
+        Case("adapters4_compiled", "compiled", four, "4 different adapters at once, our server compiled"),
     ]
 
 
-async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str, tokens: int) -> tuple[float, int]:
+async def one_request(
+    client: openai.AsyncOpenAI, model: str, prompt: str, tokens: int, penalties: dict[str, float]
+) -> tuple[float, int]:
     """(seconds to the first token, tokens generated) of one streamed, greedy, forced-length chat completion."""
     started = time.perf_counter()
     first: float | None = None
@@ -114,7 +133,7 @@ async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str, token
         max_tokens=tokens,
         stream=True,
         stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True, "min_tokens": tokens},
+        extra_body={"ignore_eos": True, "min_tokens": tokens, **penalties},
     )
     async with stream:
         async for chunk in stream:
@@ -128,7 +147,10 @@ async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str, token
 async def run_case(client: openai.AsyncOpenAI, case: Case, tokens: int) -> dict[str, Any]:
     started = time.perf_counter()
     done = await asyncio.gather(
-        *(one_request(client, model, PROMPTS[n % len(PROMPTS)], tokens) for n, model in enumerate(case.models))
+        *(
+            one_request(client, model, PROMPTS[n % len(PROMPTS)], tokens, case.penalties)
+            for n, model in enumerate(case.models)
+        )
     )
     wall = time.perf_counter() - started
     counts = [count for _, count in done]
@@ -158,13 +180,14 @@ def start(server: VLLMServer, timeout_s: float) -> None:
     server.wait_ready(timeout_s=timeout_s, progress=False)
 
 
-def settings_for(model_dir: Path, data: Path, kv_cache_gib: float) -> Settings:
+def settings_for(model_dir: Path, data: Path, kv_cache_gib: float, extra_args: Sequence[str] = ()) -> Settings:
     return load_settings(
         None,
         {
             "model.path": str(model_dir),
             "vllm.port": free_port(),
             "vllm.kv_cache_gib": kv_cache_gib,
+            "vllm.extra_args": list(extra_args),
             "paths.data": str(data),
         },
     )
@@ -245,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         servers: dict[str, VLLMServer] = {
             "nolora": NoLoRAServer(settings_for(model_dir, data / "nolora", args.kv_cache_gib), adapters={}),
             "ours": VLLMServer(settings_for(model_dir, data / "ours", args.kv_cache_gib), adapters=adapters),
+            "compiled": CompiledLoRAServer(settings_for(model_dir, data / "compiled", args.kv_cache_gib), adapters),
         }
         try:
             for name, server in servers.items():

@@ -107,10 +107,14 @@ def main() -> None:
         }
         print(f"trained {recipe}: eval loss {facts['eval_loss']:.3f} in {facts['minutes']:.1f} min", flush=True)
     adapters = {f"{args.domain}-{recipe}": args.out / args.domain / recipe for recipe in args.recipes}
+    adapters[args.domain] = settings.paths.adapters / args.domain  # the shipped adapter, trained in full, for scale
     content = load_content(settings.paths.personas, settings.paths.kb, settings.paths.adapters, settings.paths.evals)
     persona = content.domains[args.domain].persona
     sampling = {"temperature": 0.0, "max_tokens": 256, **RECOMMENDED}
-    setups = {"base + persona": Setup(persona=persona, **sampling)}
+    setups = {
+        "base + persona": Setup(persona=persona, **sampling),
+        "shipped": Setup(adapter=args.domain, persona=persona, **sampling),
+    }
     setups |= {recipe: Setup(adapter=f"{args.domain}-{recipe}", persona=persona, **sampling) for recipe in args.recipes}
     rag = RAGStore(settings)
     with VLLMServer(settings, adapters=adapters) as server:

@@ -168,3 +168,43 @@ def test_grouped_embedding_and_logits_match_vllms(case: str, dtype: torch.dtype)
         call(reference, want)
         call(grouped, got)
         torch.testing.assert_close(got, want, atol=tolerance, rtol=tolerance, msg=f"{case}, {name}")
+
+
+def test_one_compiled_graph_follows_each_steps_grouping() -> None:
+    """vLLM's CPU compile traces the model once and then skips guards: under torch.compile the grouped LoRA call must
+    be an opaque op that reads the grouping of the step being run, so a second step with another mix of adapters
+    (same token count) reuses the graph without recompiling and still gets its own adapters' deltas."""
+    import torch._dynamo
+
+    rng = torch.Generator().manual_seed(11)
+    slices = (48, 16, 16)
+    lora_a, lora_b = stacked(slices, torch.float32, rng)
+    steps = [[0, 0, 11, 11, 11, 0, 13, 14, 14], [14, 12, 12, 0, 11, 11, 13, 13, 0]]
+    grouped = wrappers(steps[0])[1]
+
+    def layer(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        grouped.add_lora_linear(y, x, lora_a, lora_b, 1.0, slices)
+        return y
+
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    x = torch.randn(9, HIDDEN, generator=rng)
+    for number, ids in enumerate(steps):
+        reference = wrappers(ids)[0]
+        grouped.update_metadata(
+            LoRAMapping(index_mapping=tuple(ids), prompt_mapping=tuple(ids), is_prefill=True), list(SLOT_IDS), 4, 1000
+        )
+        want = torch.zeros(9, sum(slices))
+        reference.add_lora_linear(want, x, lora_a, lora_b, 1.0, slices)
+        with torch._dynamo.config.patch(error_on_recompile=number > 0):
+            got = compiled(torch.zeros(9, sum(slices)), x)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f"step {number}: compiled != vLLM's ops")
+
+
+def test_compiling_hides_lora_from_the_cpu_check_only_for_the_call() -> None:
+    """The opt-in hook: vLLM's CPU check runs as if LoRA were off (its rule: LoRA -> no compile), then LoRA is back."""
+    seen = []
+    config = type("Config", (), {"lora_config": "lora"})()
+    vllm_plugin.compiling_with_lora(lambda cfg: seen.append(cfg.lora_config))(None, config)
+    assert seen == [None]
+    assert config.lora_config == "lora"

@@ -18,6 +18,11 @@ Arithmetic follows vLLM's torch ops: the shrink in float32, the expand in the we
 
 Embedding and logits LoRA (not used by the shipped adapters) still go through vLLM's ops with the -1 fix.
 The plugin (app/serving/vllm_plugin.py) makes vLLM's CPU platform build this wrapper.
+
+Under torch.compile (the plugin's `ADAPTER_ARENA_LORA_COMPILE=1`), vLLM's CPU mode traces the model once and then
+runs the graph without guards, so the step's grouping must not be traced: the linear and embedding LoRA calls then
+go through two custom ops (`torch.ops.vllm.arena_lora_linear`, `arena_lora_embedding`), opaque to the compiler,
+whose eager body is the code above, reading the grouping of the step being run.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+from vllm.utils.torch_utils import direct_register_custom_op
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,8 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.position = len(_WRAPPERS)  # how a compiled graph names this wrapper to the custom ops
+        _WRAPPERS.append(self)
         self.groups: list[Group] = []  # rows of each adapter slot among the step's tokens
         self.sampler_groups: list[Group] = []  # the same among the rows whose logits are computed
         self.fused = FusedWeights()
@@ -156,6 +164,10 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         buffer: tuple[torch.Tensor, ...] | None = None,
         **kwargs: Any,
     ) -> None:
+        if torch.compiler.is_compiling():
+            a, b, out = list(lora_a_stacked), list(lora_b_stacked), list(output_slices)
+            torch.ops.vllm.arena_lora_linear(y, x, a, b, scale, out, self.position)
+            return
         if not self.groups:
             return
         flat_y = y.view(-1, y.shape[-1])
@@ -175,6 +187,9 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         **kwargs: Any,
     ) -> None:
         """y += x @ B[slot].T per token, x being the tokens' rows of the embedding LoRA's A (already looked up)."""
+        if torch.compiler.is_compiling():
+            torch.ops.vllm.arena_lora_embedding(y, x, lora_b_stacked, add_inputs, self.position)
+            return
         if not self.groups:
             return
         if not add_inputs or lora_b_stacked.ndim != 4 or x.shape[0] != self.token_lora_indices.shape[0]:
@@ -205,3 +220,30 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
             return
         fused = self.fused.get((lora_a_stacked,), (lora_b_stacked,), (lora_b_stacked.shape[2],))
         add_grouped_lora(flat_y, flat_x, fused, self.sampler_groups, scale=scale)
+
+
+_WRAPPERS: list[GroupedPunicaWrapperCPU] = []  # every wrapper of this process, by `position`
+
+
+def _lora_linear(  # noqa: PLR0917 - an op schema: positional
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: list[torch.Tensor],
+    lora_b: list[torch.Tensor],
+    scale: float,
+    output_slices: list[int],
+    wrapper: int,
+) -> None:
+    _WRAPPERS[wrapper].add_lora_linear(y, x, tuple(lora_a), tuple(lora_b), scale, tuple(output_slices))
+
+
+def _lora_embedding(y: torch.Tensor, x: torch.Tensor, lora_b: torch.Tensor, add_inputs: bool, wrapper: int) -> None:
+    _WRAPPERS[wrapper].add_lora_embedding(y, x, lora_b, add_inputs)
+
+
+def _adds_in_place(*args: Any) -> None:
+    """What the compiler sees of both ops: they return nothing and only add into `y`."""
+
+
+direct_register_custom_op("arena_lora_linear", _lora_linear, mutates_args=["y"], fake_impl=_adds_in_place)
+direct_register_custom_op("arena_lora_embedding", _lora_embedding, mutates_args=["y"], fake_impl=_adds_in_place)

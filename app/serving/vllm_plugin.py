@@ -13,6 +13,9 @@
    still use vLLM's ops (embedding and logits LoRA, or the `vllm` setting above), the rows of tokens with index -1
    are zeroed and their index clamped to a valid slot before each bgmv op, so they receive exactly no adapter
    delta. (The sgmv ops call the bgmv ones.)
+3. Compilation, opt-in: vLLM's CPU platform turns torch.compile off whenever LoRA is enabled, which slows base
+   requests on a LoRA server too. With `ADAPTER_ARENA_LORA_COMPILE=1` (and the grouped ops) the plugin keeps it on;
+   the grouped wrapper then runs its LoRA calls as custom ops the compiler does not trace (app/serving/cpu_lora.py).
 
 vLLM loads this plugin in every process it starts (API server, engine core, workers) through the
 `vllm.general_plugins` entry point declared in pyproject.toml; `make install` installs the project so the entry
@@ -29,6 +32,7 @@ from typing import Any
 
 PATCHED_OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")
 OPS_ENV = "ADAPTER_ARENA_LORA_OPS"  # "grouped" (default) or "vllm"
+COMPILE_ENV = "ADAPTER_ARENA_LORA_COMPILE"  # "1": keep vLLM's torch.compile with LoRA (grouped ops only)
 GROUPED_WRAPPER = "app.serving.cpu_lora.GroupedPunicaWrapperCPU"  # imported by vLLM's worker, not here
 
 
@@ -71,4 +75,23 @@ def register() -> None:
     ops = lora_ops_setting()
     if ops == "grouped":
         CpuPlatform.get_punica_wrapper = classmethod(lambda cls: GROUPED_WRAPPER)  # type: ignore[method-assign,assignment]
-    print(f"adapter-arena plugin: LoRA index -1 fix applied, {ops} LoRA ops ({__file__})", file=sys.stderr, flush=True)
+    compiled = ops == "grouped" and os.environ.get(COMPILE_ENV) == "1"
+    if compiled and not hasattr(CpuPlatform.check_and_update_config, "_arena_compiling"):
+        CpuPlatform.check_and_update_config = classmethod(compiling_with_lora(CpuPlatform.check_and_update_config))  # type: ignore[method-assign,assignment]
+    print(f"adapter-arena plugin: LoRA index -1 fix applied, {ops} LoRA ops{', compiled' if compiled else ''} "
+          f"({__file__})", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def compiling_with_lora(check: Callable[[Any], None]) -> Callable[[Any, Any], None]:
+    """vLLM's CPU config check with LoRA hidden from it: its only LoRA rule is "compilation off", which the grouped
+    ops' custom-op path makes unnecessary (app/serving/cpu_lora.py)."""
+
+    def checked(cls: Any, vllm_config: Any) -> None:
+        lora, vllm_config.lora_config = vllm_config.lora_config, None
+        try:
+            check(vllm_config)
+        finally:
+            vllm_config.lora_config = lora
+
+    checked._arena_compiling = True  # type: ignore[attr-defined]
+    return checked

@@ -1,0 +1,136 @@
+"""Where a decoding step's time goes: vLLM's own torch profiler around one case of the serving benchmark per run.
+
+    .venv/bin/python bench/profile_serving.py [--tokens 32] [--label profile]   (or: make profile)
+
+Starts the servers of bench/bench_serving.py (`nolora`, `ours`, `compiled`), one at a time, with `--profiler-config`
+(torch profiler, CPU activities, no stacks), warms each case up, then for each profiled case calls vLLM's
+`/start_profile`, runs the case once and calls `/stop_profile`. vLLM writes the table of operators sorted by self
+CPU time; this script keeps the top rows of each case and prints, per case, the self CPU time of the operator groups
+that matter for issue #14 (matrix products, index and copy ops, attention/norm/activations, the rest). The tables
+and that summary go to bench/results/<label>.json; docs/performance.md has the reading. Profiler overhead inflates
+small ops, so compare the cases with each other, not with the benchmark's seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from app.adapters.validate import discover_adapters
+from app.model_prep import DEFAULT_OUT, prepare
+from app.serving.process import VLLMServer
+from bench import bench_serving as bench
+from bench.bench_serving import REPO, Case, cases
+
+PROFILED = ("base_nolora", "base_ours", "adapter1_ours", "adapters4_ours", "base_compiled", "adapter1_compiled")
+GROUPS = {  # operator name pattern -> what it is (first match wins)
+    "matrix products": r"aten::(mm|addmm|bmm|matmul|linear|einsum|baddbmm)$",
+    "index, copy, cat": r"aten::(index_select|index|index_put_|copy_|cat|gather|scatter.*|to|_to_copy|contiguous)$",
+    "attention, norm, activations": r"(_C::.*|aten::(silu|mul|add|rsqrt|mean|pow|softmax|_softmax).*)$",
+}
+
+
+def self_cpu_us(table: str) -> dict[str, float]:
+    """Operator name -> self CPU time in microseconds, from a torch profiler table (its 'Self CPU' column)."""
+    rows = [re.split(r"\s{2,}", line.strip()) for line in table.splitlines() if line.strip() and line[0] != "-"]
+    header = next((row for row in rows if "Self CPU" in row), None)
+    if header is None:
+        raise RuntimeError("not a torch profiler table: no 'Self CPU' column")
+    column = header.index("Self CPU")
+    result: dict[str, float] = {}
+    for row in rows:
+        match = re.fullmatch(r"([\d.]+)(us|ms|s)", row[column]) if len(row) == len(header) else None
+        if match:
+            result[row[0]] = result.get(row[0], 0.0) + float(match[1]) * {"us": 1.0, "ms": 1e3, "s": 1e6}[match[2]]
+    return result
+
+
+def grouped(ops: dict[str, float]) -> dict[str, float]:
+    """Self CPU milliseconds per group of GROUPS, the rest as 'other'."""
+    totals = {group: 0.0 for group in [*GROUPS, "other"]}
+    for name, micros in ops.items():
+        group = next((g for g, pattern in GROUPS.items() if re.match(pattern, name)), "other")
+        totals[group] += micros / 1e3
+    return {group: round(ms, 1) for group, ms in totals.items()}
+
+
+async def profile_cases(server: VLLMServer, chosen: list[Case], tokens: int, folder: Path) -> dict[str, str]:
+    """Case name -> the table vLLM wrote for one run of it between /start_profile and /stop_profile."""
+    client = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0, timeout=900)
+    root = server.base_url.removesuffix("/v1")
+    tables = {}
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {server.api_key}"}, timeout=900) as http:
+        for case in chosen:
+            await bench.run_case(client, case, tokens)  # warm-up, not profiled
+            for old in folder.glob("*.profiler_out.txt"):
+                old.unlink()
+            (await http.post(f"{root}/start_profile", json={"profile_prefix": case.name})).raise_for_status()
+            await bench.run_case(client, case, tokens)
+            (await http.post(f"{root}/stop_profile")).raise_for_status()
+            tables[case.name] = await written_table(folder, case.name)
+    await client.close()
+    return tables
+
+
+async def written_table(folder: Path, name: str) -> str:
+    """The worker may still be writing the table when the stop call returns."""
+    for _ in range(300):
+        found = list(folder.glob("*.profiler_out.txt"))
+        if found and found[0].stat().st_size:
+            await asyncio.sleep(1)
+            return found[0].read_text()
+        await asyncio.sleep(1)
+    raise RuntimeError(f"no profiler table appeared in {folder} for {name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=32, help="new tokens per request (forced)")
+    parser.add_argument("--label", default="profile-" + time.strftime("%Y-%m-%d"), help="name of the JSON")
+    parser.add_argument("--results", type=Path, default=REPO / "bench" / "results", help="folder for the JSON")
+    args = parser.parse_args(argv)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    model_dir = prepare(REPO / DEFAULT_OUT)
+    adapters = discover_adapters(REPO / "adapters")
+    chosen = [case for case in cases(sorted(adapters)) if case.name in PROFILED]
+    result: dict[str, Any] = {"label": args.label, "tokens": args.tokens, "machine": bench.machine(), "cases": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
+        kinds = {"nolora": bench.NoLoRAServer, "ours": VLLMServer, "compiled": bench.CompiledLoRAServer}
+        for name, kind in kinds.items():
+            traces = Path(tmp) / name / "traces"
+            config = {"profiler": "torch", "torch_profiler_dir": str(traces), "torch_profiler_with_stack": False}
+            settings = bench.settings_for(model_dir, Path(tmp) / name, 1.0, ["--profiler-config", json.dumps(config)])
+            server = kind(settings, adapters={} if kind is bench.NoLoRAServer else adapters)
+            mine = [case for case in chosen if case.server == name]
+            try:
+                bench.start(server, 900)
+                tables = asyncio.run(profile_cases(server, mine, args.tokens, traces))
+            finally:
+                server.stop()
+            for case in mine:
+                groups = grouped(self_cpu_us(tables[case.name]))
+                result["cases"][case.name] = {"label": case.label, "groups_ms": groups,
+                                              "top": tables[case.name].splitlines()[:40]}  # fmt: skip
+                print(f"{case.label}: self CPU ms {groups}", flush=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / f"{args.label}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
