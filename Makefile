@@ -117,7 +117,7 @@ compose-test: install
 	PYTHON=$(PY) .ci/compose-test.sh
 
 # Serving benchmark (bench/bench_serving.py): base vs adapter requests on real vLLM servers, with and without LoRA,
-# interleaved, medians; a table on stdout and bench/results/$(BENCH_LABEL).json. ~10 min on 2 CPU cores.
+# interleaved, medians; a table on stdout and bench/results/$(BENCH_LABEL).json. ~20 min on 2 CPU cores.
 .PHONY: bench
 BENCH_LABEL ?= latest
 bench: model

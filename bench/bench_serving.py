@@ -268,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         servers: dict[str, VLLMServer] = {
             "nolora": NoLoRAServer(settings_for(model_dir, data / "nolora", args.kv_cache_gib), adapters={}),
             "ours": VLLMServer(settings_for(model_dir, data / "ours", args.kv_cache_gib), adapters=adapters),
-            "compiled": CompiledLoRAServer(settings_for(model_dir, data / "compiled", args.kv_cache_gib), adapters),
+            "compiled": CompiledLoRAServer(
+                settings_for(model_dir, data / "compiled", args.kv_cache_gib), adapters=adapters
+            ),
         }
         try:
             for name, server in servers.items():
