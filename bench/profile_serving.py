@@ -36,6 +36,7 @@ from bench import bench_serving as bench
 from bench.bench_serving import REPO, Case, cases
 
 PROFILED = ("base_nolora", "base_ours", "adapter1_ours", "adapters4_ours", "base_compiled", "adapter1_compiled")
+SERVERS = ("nolora", "ours", "compiled")
 GROUPS = {  # operator name pattern -> what it is (first match wins)
     "matrix products": r"aten::(mm|addmm|bmm|matmul|linear|einsum|baddbmm)$",
     "index, copy, cat": r"aten::(index_select|index|index_put_|copy_|cat|gather|scatter.*|to|_to_copy|contiguous)$",
@@ -87,12 +88,13 @@ async def profile_cases(server: VLLMServer, chosen: list[Case], tokens: int, fol
 
 async def written_table(folder: Path, name: str) -> str:
     """The worker may still be writing the table when the stop call returns."""
+    size = -1
     for _ in range(300):
         found = list(folder.glob("*.profiler_out.txt"))
-        if found and found[0].stat().st_size:
-            await asyncio.sleep(1)
+        if found and found[0].stat().st_size == size and size > 0:  # no longer growing
             return found[0].read_text()
-        await asyncio.sleep(1)
+        size = found[0].stat().st_size if found else -1
+        await asyncio.sleep(2)
     raise RuntimeError(f"no profiler table appeared in {folder} for {name}")
 
 
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per request (forced)")
     parser.add_argument("--label", default="profile-" + time.strftime("%Y-%m-%d"), help="name of the JSON")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results", help="folder for the JSON")
+    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="servers to profile")
     args = parser.parse_args(argv)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     model_dir = prepare(REPO / DEFAULT_OUT)
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"label": args.label, "tokens": args.tokens, "machine": bench.machine(), "cases": {}}
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         kinds = {"nolora": bench.NoLoRAServer, "ours": VLLMServer, "compiled": bench.CompiledLoRAServer}
-        for name, kind in kinds.items():
+        for name, kind in ((name, kinds[name]) for name in args.servers):
             traces = Path(tmp) / name / "traces"
             config = {"profiler": "torch", "torch_profiler_dir": str(traces), "torch_profiler_with_stack": False}
             settings = bench.settings_for(model_dir, Path(tmp) / name, 1.0, ["--profiler-config", json.dumps(config)])
@@ -121,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 server.stop()
             for case in mine:
-                groups = grouped(self_cpu_us(tables[case.name]))
+                try:
+                    groups: dict[str, float] | str = grouped(self_cpu_us(tables[case.name]))
+                except RuntimeError as exc:  # keep the raw table to read by hand
+                    groups = str(exc)
                 result["cases"][case.name] = {"label": case.label, "groups_ms": groups,
-                                              "top": tables[case.name].splitlines()[:40]}  # fmt: skip
+                                              "top": tables[case.name].splitlines()[:60]}  # fmt: skip
                 print(f"{case.label}: self CPU ms {groups}", flush=True)
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{args.label}.json"

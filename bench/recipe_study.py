@@ -91,11 +91,12 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     parser.add_argument("--max-steps", type=int, default=80, help="optimizer steps per recipe (the same for all)")
     parser.add_argument("--out", type=Path, default=REPO / ".data" / "study")
+    parser.add_argument("--measure-only", action="store_true", help="measure what an earlier run trained in --out")
     args = parser.parse_args()
     settings = load_settings()
     shipped = load_train_config(settings.paths.adapters / args.domain / "train.yaml").model_dump()
     trained: dict[str, dict[str, Any]] = {}
-    for recipe in args.recipes:
+    for recipe in [] if args.measure_only else args.recipes:
         config = TrainConfig.model_validate({**shipped, **RECIPES[recipe]})
         started = time.monotonic()
         facts = train(args.domain, settings, config, args.out / args.domain / recipe, max_steps=args.max_steps)
