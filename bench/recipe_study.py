@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     parser.add_argument("--max-steps", type=int, default=80, help="optimizer steps per recipe (the same for all)")
     parser.add_argument("--out", type=Path, default=REPO / ".data" / "study")
+    parser.add_argument("--limit", type=int, help="measure on the first N paraphrase questions only (default: all)")
     parser.add_argument("--measure-only", action="store_true", help="measure what an earlier run trained in --out")
     args = parser.parse_args()
     settings = load_settings()
@@ -121,7 +122,7 @@ def main() -> None:
     with VLLMServer(settings, adapters=adapters) as server:
         server.wait_ready()
         playground = Playground(server.client(timeout_s=600), rag, content.personas)
-        measured = asyncio.run(measure(playground, Judge(content, rag), args.domain, setups))
+        measured = asyncio.run(measure(playground, Judge(content, rag), args.domain, setups, args.limit))
     print(f"\n{'recipe':18} {'terminology':>11} {'halluc.':>8} {'loops':>6} {'style':>6} {'eval loss':>9}")
     for name, row in measured.items():
         loss = trained.get(name, {}).get("eval_loss", "")
@@ -131,6 +132,7 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     date = datetime.now(UTC).date().isoformat()
     record = {"domain": args.domain, "date": date, "machine": describe(), "max_steps": args.max_steps,
+              "questions": args.limit or "all",
               "split": "paraphrase", "sampling": sampling, "trained": trained, "measured": measured}  # fmt: skip
     path = results / f"recipes-{args.domain}-{date}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
