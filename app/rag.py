@@ -3,8 +3,8 @@
 Documents come from `app.content.load_kb_domain`, are split by Markdown headings and then by size, embedded with
 the shared model of `app.embeddings` and searched by cosine similarity. Each index lives in `<paths.data>/rag/<kb>/`
 as `index.faiss` (faiss.write_index), `docs.json` (chunk texts and metadata) and `manifest.json` (file hashes,
-embedding model, chunking settings). Nothing is pickled: loading rebuilds LangChain's
-FAISS vector store from those parts, and any change to the documents or settings triggers a rebuild.
+embedding model, chunking settings). Nothing is pickled: loading rebuilds LangChain's FAISS vector store from those
+parts, and any change to the documents or settings triggers a rebuild.
 
     python -m app.rag build                    # build (or reuse) every knowledge base and "all"
     python -m app.rag build --kb support --force

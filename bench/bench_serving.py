@@ -87,7 +87,7 @@ class NoLoRAServer(VLLMServer):
 @dataclass(frozen=True)
 class Case:
     name: str
-    server: str  # "nolora" or "ours"
+    server: str  # "nolora", "ours" or "compiled"
     models: tuple[str, ...]  # one request per model, all sent at once
     label: str
     penalties: dict[str, float] = field(default_factory=dict)  # sampling controls beyond greedy, e.g. RECOMMENDED
@@ -173,6 +173,11 @@ def machine() -> dict[str, Any]:
         "commit": commit.stdout.strip(),
         "loadavg_start": os.getloadavg(),
     }
+
+
+def client_for(server: VLLMServer, timeout_s: float = 600) -> openai.AsyncOpenAI:
+    """An OpenAI client on `server` that never retries: a failed request must show in the figures, not be hidden."""
+    return openai.AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0, timeout=timeout_s)
 
 
 def start(server: VLLMServer, timeout_s: float) -> None:
@@ -279,10 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 info[f"startup_s_{name}"] = round(time.perf_counter() - began, 1)
                 print(f"{name} server ready after {info[f'startup_s_{name}']} s", file=sys.stderr, flush=True)
             info["commands"] = {name: server.command() for name, server in servers.items()}
-            clients = {
-                name: openai.AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0, timeout=600)
-                for name, server in servers.items()
-            }
+            clients = {name: client_for(server) for name, server in servers.items()}
             samples = asyncio.run(measure(clients, all_cases, args.rounds, args.tokens, args.seed))
             info["plugin_log"] = [
                 line for line in servers["ours"].log_tail(100_000).splitlines() if "adapter-arena" in line

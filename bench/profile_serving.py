@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
@@ -33,7 +32,6 @@ from app.adapters.validate import discover_adapters
 from app.model_prep import DEFAULT_OUT, prepare
 from app.serving.process import VLLMServer
 from bench import bench_serving as bench
-from bench.bench_serving import REPO, Case, cases
 
 PROFILED = ("base_nolora", "base_ours", "adapter1_ours", "adapters4_ours", "base_compiled", "adapter1_compiled")
 SERVERS = ("nolora", "ours", "compiled")
@@ -68,9 +66,9 @@ def grouped(ops: dict[str, float]) -> dict[str, float]:
     return {group: round(ms, 1) for group, ms in totals.items()}
 
 
-async def profile_cases(server: VLLMServer, chosen: list[Case], tokens: int, folder: Path) -> dict[str, str]:
+async def profile_cases(server: VLLMServer, chosen: list[bench.Case], tokens: int, folder: Path) -> dict[str, str]:
     """Case name -> the table vLLM wrote for one run of it between /start_profile and /stop_profile."""
-    client = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0, timeout=900)
+    client = bench.client_for(server, timeout_s=900)
     root = server.base_url.removesuffix("/v1")
     tables = {}
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {server.api_key}"}, timeout=900) as http:
@@ -102,13 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per request (forced)")
     parser.add_argument("--label", default="profile-" + time.strftime("%Y-%m-%d"), help="name of the JSON")
-    parser.add_argument("--results", type=Path, default=REPO / "bench" / "results", help="folder for the JSON")
+    parser.add_argument("--results", type=Path, default=bench.REPO / "bench" / "results", help="folder for the JSON")
     parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="servers to profile")
     args = parser.parse_args(argv)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    model_dir = prepare(REPO / DEFAULT_OUT)
-    adapters = discover_adapters(REPO / "adapters")
-    chosen = [case for case in cases(sorted(adapters)) if case.name in PROFILED]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(bench.REPO), os.environ.get("PYTHONPATH")]))
+    model_dir = prepare(bench.REPO / DEFAULT_OUT)
+    adapters = discover_adapters(bench.REPO / "adapters")
+    chosen = [case for case in bench.cases(sorted(adapters)) if case.name in PROFILED]
     result: dict[str, Any] = {"label": args.label, "tokens": args.tokens, "machine": bench.machine(), "cases": {}}
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         kinds = {"nolora": bench.NoLoRAServer, "ours": VLLMServer, "compiled": bench.CompiledLoRAServer}
