@@ -70,10 +70,11 @@ class Playground:
         return base
 
     async def answer_one(
-        self, setup: Setup, history: Sequence[dict[str, Any]], question: str, base_model: str
+        self, setup: Setup, history: Sequence[dict[str, Any]], question: str, base_model: str, asked: float
     ) -> AsyncIterator[PanelAnswer]:
-        """Stream one answer: retrieve (if RAG is on), build the messages, stream tokens; errors end the answer."""
-        started = time.monotonic()
+        """Stream one answer: retrieve (if RAG is on), build the messages, stream tokens; errors end the answer.
+
+        Its times count from `asked` (time.monotonic() when the question was asked), as the user waits for them."""
         answer = PanelAnswer()
         try:
             system = setup.system_text(self.personas)
@@ -118,7 +119,7 @@ class Playground:
                 frequency_penalty=setup.frequency_penalty,
                 presence_penalty=setup.presence_penalty,
             ):
-                now = time.monotonic() - started
+                now = time.monotonic() - asked
                 if delta.text:
                     answer = replace(
                         answer,
@@ -133,7 +134,7 @@ class Playground:
                 yield answer
         except ServingError as exc:
             answer = replace(answer, error=str(exc))
-        yield replace(answer, done=True, elapsed_s=time.monotonic() - started)
+        yield replace(answer, done=True, elapsed_s=time.monotonic() - asked)
 
     async def fit_history(
         self,
@@ -155,6 +156,7 @@ class Playground:
         self, setups: Sequence[Setup], histories: Sequence[Sequence[dict[str, Any]]], question: str
     ) -> AsyncIterator[list[PanelAnswer]]:
         """Run all setups concurrently; after each change yield every current answer (same order as `setups`)."""
+        asked = time.monotonic()
         answers = [PanelAnswer() for _ in setups]
         base, base_error = "", None
         if any(setup.adapter is None for setup in setups):
@@ -169,7 +171,7 @@ class Playground:
                 if base_error and setups[index].adapter is None:
                     await updates.put((index, PanelAnswer(error=base_error, done=True)))
                     return
-                async for answer in self.answer_one(setups[index], histories[index], question, base):
+                async for answer in self.answer_one(setups[index], histories[index], question, base, asked):
                     await updates.put((index, answer))
             except Exception as exc:  # a bug in one answer must not take the others down
                 log.exception("panel %d failed", index)

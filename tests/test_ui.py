@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -60,15 +60,26 @@ def tokens_in(stats: str) -> int:
     return int(match.group(1))
 
 
+def assert_generated_at_once(stats_lines: Sequence[str]) -> None:
+    """Every panel's first token came before any panel's answer ended: generated together, not one after another.
+
+    Read from the stats lines (time to first token, speed, tokens out), not from when updates arrived: on a busy CPU
+    the browser updates can pause for seconds while the answers go on."""
+    spans = []
+    for stats in stats_lines:
+        match = re.search(r"first token ([\d.]+) s · (\d+) tokens/s · \d+ tokens in / (\d+) out", stats)
+        assert match, stats
+        first, speed, out = float(match[1]), int(match[2]), int(match[3])
+        spans.append((first, first + out / speed))
+    assert max(first for first, _ in spans) < min(end for _, end in spans), f"(first token, end) per panel: {spans}"
+
+
 def test_two_panels_stream_in_parallel(ui_client: Client) -> None:
     question = "What is a tort? Answer in one sentence."
     job = ask(ui_client, question, panel(tokens=48), panel(tokens=48))
     chat_0, chat_1, _, _, stats_0, stats_1, *_ = job.result(timeout=180)
-    streamed = [update for update in job.outputs() if answer_of(update[0]) and answer_of(update[1])]
     assert len(job.outputs()) > 6, "the answers must stream as many updates, not arrive once"
-    assert any(
-        answer_of(update[0]) != answer_of(chat_0) and answer_of(update[1]) != answer_of(chat_1) for update in streamed
-    ), "both panels must be mid-answer at the same moment (in parallel, not one after the other)"
+    assert_generated_at_once([stats_0, stats_1])
     assert answer_of(chat_0).strip() and message_text(chat_0[-2]["content"]) == question
     assert answer_of(chat_0) == answer_of(chat_1), "same model, temperature 0: same answer in both panels"
     assert "first token" in stats_0 and "tokens/s" in stats_1 and "per 1k answers" in stats_0
@@ -82,10 +93,8 @@ async def test_four_adapters_stream_at_once_and_a_missing_one_fails_alone(
     chats = job.result(timeout=300)[:MAX_PANELS]
     assert all(answer_of(chat).strip() and "⚠️" not in answer_of(chat) for chat in chats)
     assert len({answer_of(chat) for chat in chats}) >= 3, "four different adapters must answer differently"
-    assert any(
-        all(answer_of(update[i]) and answer_of(update[i]) != answer_of(chats[i]) for i in range(MAX_PANELS))
-        for update in job.outputs()
-    ), "all four panels must be mid-answer at the same moment"
+    assert len(job.outputs()) > 6, "the answers must stream as many updates, not arrive once"
+    assert_generated_at_once(job.result()[MAX_PANELS : 2 * MAX_PANELS])
 
     chats = ask(ui_client, question, panel("legal"), panel("gone"), panel("support")).result(timeout=300)
     assert "⚠️ model 'gone'" in answer_of(chats[1])
