@@ -23,7 +23,16 @@ from app.config import Settings, load_settings
 from app.content import Domain, EvalItem
 from app.eval import report
 from app.eval.cli import main, write_outputs
-from app.eval.run import AnswerCache, EvalError, EvalRun, Job, answer_versions, cache_key, load_questions
+from app.eval.run import (
+    AnswerCache,
+    EvalError,
+    EvalRun,
+    Job,
+    answer_versions,
+    by_domain,
+    cache_key,
+    load_questions,
+)
 from app.eval.verdict import SummaryRow, decide_verdict, summarize
 from app.playground import PanelAnswer
 from app.rag import Citation, RAGStore
@@ -341,6 +350,16 @@ def test_answer_cache_round_trip(tmp_path: Path) -> None:
     assert again.get("a") == good and again.get("b") is None and again.get("c") is None and len(again) == 1
 
 
+def test_a_limit_takes_the_first_questions_of_each_split() -> None:
+    files = [REPO / "evals" / "support.jsonl", REPO / "evals" / "paraphrase" / "support.jsonl"]
+    items = load_questions([*files, REPO / "evals" / "legal.jsonl"])
+    chosen = by_domain(items, ["support"], limit=2)
+    firsts = [[json.loads(line)["id"] for line in path.read_text().splitlines()[:2]] for path in files]
+    assert [item.id for item in chosen["support"]] == firsts[0] + firsts[1], "a short run still measures both splits"
+    assert [item.split for item in chosen["support"]] == ["eval", "eval", "paraphrase", "paraphrase"]
+    assert list(chosen) == ["support"] and sum(map(len, by_domain(items).values())) == len(items), "no limit: all"
+
+
 def test_bad_inputs_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(EvalError, match="not found"):
         load_questions([tmp_path / "missing.jsonl"])
@@ -447,7 +466,7 @@ def test_cli_end_to_end_and_resume(
 
     monkeypatch.setattr(ServingClient, "stream_chat", no_requests)
     results_md = tmp_path / "docs" / "results.md"
-    assert main([*args, "--results-md", str(results_md)]) == 0
+    assert main([*args, "--results-md", str(results_md), "--limit", "2"]) == 0
     assert (out / "cache.jsonl").read_text() == cached_lines, "nothing new to cache"
     run = json.loads((out / "run.json").read_text())
     assert run["cached"] == 8 and run["errors"] == 0 and run["answers"] == 8
@@ -457,6 +476,7 @@ def test_cli_end_to_end_and_resume(
     assert published.startswith("# Eval results\n\nWritten by `make eval`")
     assert "- **Command**: `python -m app.eval --questions" in published and "- **Hardware**: " in published
     assert "](results/chart-support.png)" in published and (tmp_path / "docs/results/chart-support.png").is_file()
+    assert "- **Warning**: a partial run \\(\\-\\-limit 2\\)" in published, "a limited run says so in the report"
 
 
 def test_eval_tab_runs_one_question(ui_client: Client) -> None:

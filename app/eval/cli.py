@@ -55,6 +55,10 @@ def run_meta(
 ) -> dict[str, Any]:
     """run.json: how the results were made (command, date, machine, model, settings, counts)."""
     errors = sum(record["error"] is not None for record in run.results)
+    partial = [] if args.limit is None else [
+        f"a partial run (--limit {args.limit}): the first {args.limit} questions of each domain and split, so one "
+        f"answer moves a rate by up to {1 / args.limit:.2f}"
+    ]  # fmt: skip
     return {
         "command": shlex.join(["python", "-m", "app.eval", *argv]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -74,7 +78,7 @@ def run_meta(
         "temperature": EVAL_TEMPERATURE,
         "margin": args.margin,
         "volatile_domains": volatile,
-        "warnings": run.warnings,
+        "warnings": [*partial, *run.warnings],
     }
 
 
@@ -171,7 +175,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--configs", type=_specs_arg, default=list(EVAL_MATRIX), metavar="SPECS",
         help=f"comma-separated configuration specs (default: {','.join(EVAL_MATRIX)})",
     )  # fmt: skip
-    parser.add_argument("--limit", type=_positive, metavar="N", help="only the first N questions of each domain")
+    parser.add_argument(
+        "--limit", type=_positive, metavar="N", help="only the first N questions of each domain and split"
+    )
     parser.add_argument(
         "--concurrency", type=_positive, default=DEFAULT_CONCURRENCY, metavar="N",
         help=f"requests in flight at once; vLLM batches them (default {DEFAULT_CONCURRENCY})",

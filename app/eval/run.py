@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,12 +64,15 @@ def load_questions(paths: Sequence[Path]) -> list[EvalItem]:
 def by_domain(
     items: Sequence[EvalItem], domains: Collection[str] | None = None, limit: int | None = None
 ) -> dict[str, list[EvalItem]]:
-    """Items grouped by domain (sorted), the first `limit` of each in file order; only `domains` if given."""
+    """Items grouped by domain (sorted), in file order; only `domains` if given, and only the first `limit` of each
+    domain's split (eval set, paraphrases), so that a short run still measures both."""
     grouped: dict[str, list[EvalItem]] = {}
+    taken: Counter[tuple[str, str]] = Counter()
     for item in items:
-        if domains is None or item.domain in domains:
+        if (domains is None or item.domain in domains) and (limit is None or taken[item.domain, item.split] < limit):
+            taken[item.domain, item.split] += 1
             grouped.setdefault(item.domain, []).append(item)
-    return {domain: grouped[domain][:limit] for domain in sorted(grouped)}
+    return {domain: grouped[domain] for domain in sorted(grouped)}
 
 
 @dataclass(frozen=True)
