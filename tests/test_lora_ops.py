@@ -16,7 +16,7 @@ from vllm.lora.punica_wrapper import punica_cpu
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 from app.serving import vllm_plugin
-from app.serving.cpu_lora import GroupedPunicaWrapperCPU, lora_groups
+from app.serving.cpu_lora import GroupedPunicaWrapperCPU, batched_shrink, lora_groups
 
 MAX_LORAS, RANK, HIDDEN = 4, 8, 48
 SLOT_IDS = [11, 12, 13, 14]  # LoRA ids in slots 0..3; id 0 = no adapter (index -1)
@@ -74,6 +74,19 @@ def test_grouped_ops_match_vllms(case: str, output_slices: tuple[int, ...], dtyp
     assert torch.equal(got[base_rows], base[base_rows]), "tokens without an adapter must get exactly no delta"
     if len(base_rows) < len(ids):
         assert not torch.equal(got, base), "adapter tokens must change (else this test proves nothing)"
+
+
+@pytest.mark.parametrize("tokens", [3, 8, 33])
+def test_a_tokens_shrink_does_not_depend_on_its_batch(tokens: int) -> None:
+    """Bit for bit, at a served shape (SmolLM2-135M's fused q, k, v A matrices: 3 x rank 16 from hidden 576): a
+    token's float32 shrink is the same alone and beside `tokens - 1` more tokens of its adapter. A float32 GEMM
+    (`torch.mm`) breaks this; through 30 layers that changed greedy answers with the batch."""
+    rng = torch.Generator().manual_seed(tokens)
+    a = torch.randn(48, 576, generator=rng).to(torch.bfloat16).to(torch.float32)
+    x = torch.randn(tokens, 576, generator=rng).to(torch.bfloat16)
+    alone = torch.cat([batched_shrink(x[row : row + 1], a) for row in range(tokens)])
+    assert torch.equal(batched_shrink(x, a), alone), "a token's shrink changed with the number of tokens beside it"
+    torch.testing.assert_close(alone, x.float() @ a.t(), atol=1e-4, rtol=1e-4)
 
 
 def test_scale_is_applied_like_vllms() -> None:

@@ -14,7 +14,8 @@ tokens without an adapter (index -1) the last slot's adapter (see app/serving/vl
   one, built once per adapter load (cached on the weights' version counter), so a group costs one shrink matmul,
   one expand matmul and one add, whatever the number of slices. A step where all tokens use one adapter takes the
   rows as they are (the fast path, no indexing).
-Arithmetic follows vLLM's torch ops: the shrink in float32, the expand in the weights' dtype.
+Arithmetic follows vLLM's torch ops: the shrink in float32, the expand in the weights' dtype; the shrink runs as
+1-row products so that a token's output does not depend on the rest of its batch (`batched_shrink`).
 
 Embedding and logits LoRA (not used by the shipped adapters) still go through vLLM's ops with the -1 fix.
 The plugin (app/serving/vllm_plugin.py) makes vLLM's CPU platform build this wrapper.
@@ -111,6 +112,18 @@ class FusedWeights:
         return fused
 
 
+def batched_shrink(rows: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """rows @ a.T in float32, as one 1-row product per row (a batched matmul over a broadcast `a`).
+
+    A float32 GEMM's result for one row depends on how many rows it is given (the BLAS picks its kernel and
+    blocking by shape), so `torch.mm` here made a token's output depend on how many tokens of its adapter shared
+    the step: greedy answers changed with the batch. 1-row products do not; the bfloat16 expand and the base
+    model's layers were measured batch-invariant (tests/test_adapter_outputs.py checks the whole model).
+    """
+    x = rows.to(torch.float32).unsqueeze(1)
+    return torch.bmm(x, a.t().unsqueeze(0).expand(x.shape[0], -1, -1)).squeeze(1)
+
+
 def add_grouped_lora(
     y: torch.Tensor, x: torch.Tensor, fused: Fused, groups: list[Group], *, scale: float = 1.0, shrink: bool = True
 ) -> None:
@@ -121,8 +134,8 @@ def add_grouped_lora(
         if not fused.live[group.slot]:
             continue
         rows = x[group.rows] if isinstance(group.rows, slice) else x.index_select(0, group.rows)
-        if shrink:
-            rows = torch.mm(rows.to(torch.float32), fused.a[group.slot].t())
+        if shrink:  # one 1-row product per token, see `batched_shrink`
+            rows = batched_shrink(rows, fused.a[group.slot])
             if scale != 1.0:
                 rows.mul_(scale)
         delta = torch.mm(rows.to(fused.b.dtype), fused.b[group.slot].t()).to(y.dtype)
