@@ -60,6 +60,11 @@ class VLLMSettings(_Section):
     max_lora_rank: int = Field(16, ge=1, le=512)
     max_model_len: int = Field(2048, ge=128)
     kv_cache_gib: float = Field(2.0, gt=0, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    compile: bool = Field(
+        False,
+        description="keep torch.compile on with LoRA on CPU (vLLM turns it off; our grouped LoRA ops make it safe): "
+        "faster steps, but the first start compiles for a few minutes (cached in ~/.cache/vllm)",
+    )
     startup_timeout_s: float = Field(300.0, gt=0)
     extra_args: list[str] = Field(default_factory=list, description="more api_server flags, e.g. tensor parallelism")
 

@@ -5,7 +5,7 @@
 Starts three vLLM servers on free loopback ports, one after the other, and keeps them up:
 - `nolora`: the embedded model without `--enable-lora` (the reference every ratio divides by);
 - `ours`: the server `make run` starts (LoRA enabled, the shipped adapters of adapters/, our vLLM plugin loaded);
-- `compiled`: the same with torch.compile kept on for LoRA (`ADAPTER_ARENA_LORA_COMPILE=1`, app/serving/cpu_lora.py).
+- `compiled`: the same with torch.compile kept on for LoRA (setting `vllm.compile`, app/serving/cpu_lora.py).
 Then runs every case once as a warm-up and `--rounds` times more, the cases of a round in a seeded shuffled order
 (so the servers and all cases are measured interleaved, under the same machine load), each request forced to
 exactly `--tokens` new tokens (ignore_eos + min_tokens), greedy. A case's figure is the median wall time until all
@@ -44,7 +44,6 @@ from app.adapters.validate import discover_adapters
 from app.config import Settings, load_settings
 from app.model_prep import DEFAULT_OUT, prepare
 from app.serving.process import VLLMServer
-from app.serving.vllm_plugin import COMPILE_ENV
 from app.setups import RECOMMENDED
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,13 +92,6 @@ class Case:
     penalties: dict[str, float] = field(default_factory=dict)  # sampling controls beyond greedy, e.g. RECOMMENDED
 
 
-class CompiledLoRAServer(VLLMServer):
-    """Our server with torch.compile kept on for LoRA (the plugin's ADAPTER_ARENA_LORA_COMPILE=1)."""
-
-    def environment(self) -> dict[str, str]:
-        return {**super().environment(), COMPILE_ENV: "1"}
-
-
 def cases(adapters: list[str]) -> list[Case]:
     first = adapters[0]
     penalty = ", ".join(f"{key} {value}" for key, value in RECOMMENDED.items()) + " (the app's default)"
@@ -113,7 +105,7 @@ def cases(adapters: list[str]) -> list[Case]:
         Case("adapters4_ours", "ours", four, "4 different adapters at once, our server"),
         Case("mixed4_ours", "ours", ("base", "base", *four[:2]), "2 base + 2 adapters at once, our server"),
         Case("adapters4_penalty_ours", "ours", four, f"4 different adapters at once, {penalty}", RECOMMENDED),
-        Case("base_compiled", "compiled", ("base",), "base, our server compiled (ADAPTER_ARENA_LORA_COMPILE=1)"),
+        Case("base_compiled", "compiled", ("base",), "base, our server compiled (vllm.compile)"),
         Case("adapter1_compiled", "compiled", (first,), f"one adapter ({first}), our server compiled"),
         Case("adapters4_compiled", "compiled", four, "4 different adapters at once, our server compiled"),
     ]
@@ -185,7 +177,9 @@ def start(server: VLLMServer, timeout_s: float) -> None:
     server.wait_ready(timeout_s=timeout_s, progress=False)
 
 
-def settings_for(model_dir: Path, data: Path, kv_cache_gib: float, extra_args: Sequence[str] = ()) -> Settings:
+def settings_for(
+    model_dir: Path, data: Path, kv_cache_gib: float, extra_args: Sequence[str] = (), *, compile: bool = False
+) -> Settings:
     return load_settings(
         None,
         {
@@ -193,6 +187,7 @@ def settings_for(model_dir: Path, data: Path, kv_cache_gib: float, extra_args: S
             "vllm.port": free_port(),
             "vllm.kv_cache_gib": kv_cache_gib,
             "vllm.extra_args": list(extra_args),
+            "vllm.compile": compile,
             "paths.data": str(data),
         },
     )
@@ -273,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         servers: dict[str, VLLMServer] = {
             "nolora": NoLoRAServer(settings_for(model_dir, data / "nolora", args.kv_cache_gib), adapters={}),
             "ours": VLLMServer(settings_for(model_dir, data / "ours", args.kv_cache_gib), adapters=adapters),
-            "compiled": CompiledLoRAServer(
-                settings_for(model_dir, data / "compiled", args.kv_cache_gib), adapters=adapters
+            "compiled": VLLMServer(
+                settings_for(model_dir, data / "compiled", args.kv_cache_gib, compile=True), adapters=adapters
             ),
         }
         try:

@@ -14,6 +14,7 @@ from app.adapters.validate import discover_adapters
 from app.config import load_settings
 from app.serving.client import ServingClient, ServingError
 from app.serving.process import VLLMServer, start_local_server
+from app.serving.vllm_plugin import COMPILE_ENV
 from tests.conftest import REPO, free_port
 from tests.fake_openai import FakeOpenAI
 from tests.ports import processes_with
@@ -40,6 +41,12 @@ def test_environment_sets_cpu_kv_cache_and_runtime_lora() -> None:
     env = VLLMServer(load_settings(None, {"vllm.kv_cache_gib": 1.5})).environment()
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1.5"
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+
+
+def test_compile_setting_alone_decides_whether_vllm_compiles_with_lora(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(COMPILE_ENV, "1")  # left over in the shell: the setting, not this, decides
+    assert COMPILE_ENV not in VLLMServer(load_settings(None, {})).environment()
+    assert VLLMServer(load_settings(None, {"vllm.compile": True})).environment()[COMPILE_ENV] == "1"
 
 
 async def test_lists_base_model(vllm_server: VLLMServer) -> None:

@@ -25,6 +25,7 @@ from app.adapters.validate import discover_adapters, servable_adapters
 from app.config import Settings
 from app.model_prep import prepare_for
 from app.serving.client import ServingClient, ServingError, server_is_up
+from app.serving.vllm_plugin import COMPILE_ENV
 
 LOG_TAIL_LINES = 30
 
@@ -92,6 +93,9 @@ class VLLMServer:
             DO_NOT_TRACK="1",
             VLLM_API_KEY=self.api_key,
         )
+        env.pop(COMPILE_ENV, None)  # the setting decides, not a leftover variable
+        if self.settings.vllm.compile:
+            env[COMPILE_ENV] = "1"
         env.pop("OPENAI_API_KEY", None)  # a key meant for another service is none of vLLM's business
         if Path(self.settings.model.path).exists():
             env["HF_HUB_OFFLINE"] = "1"  # a local folder never needs the hub

@@ -14,7 +14,8 @@
    are zeroed and their index clamped to a valid slot before each bgmv op, so they receive exactly no adapter
    delta. (The sgmv ops call the bgmv ones.)
 3. Compilation, opt-in: vLLM's CPU platform turns torch.compile off whenever LoRA is enabled, which slows base
-   requests on a LoRA server too. With `ADAPTER_ARENA_LORA_COMPILE=1` (and the grouped ops) the plugin keeps it on;
+   requests on a LoRA server too. With `ADAPTER_ARENA_LORA_COMPILE=1` (set by `VLLMServer` from the setting
+   `vllm.compile`; grouped ops only) the plugin keeps it on;
    the grouped wrapper then runs its LoRA calls as custom ops the compiler does not trace (app/serving/cpu_lora.py).
 
 vLLM loads this plugin in every process it starts (API server, engine core, workers) through the
