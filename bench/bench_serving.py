@@ -53,6 +53,7 @@ PROMPTS = [
     "How does compound interest work?",
     "My phone has no signal. What can I do?",
 ]
+SERVERS = ("nolora", "ours", "compiled")
 LORA_FLAGS_WITH_VALUE = {"--max-loras", "--max-lora-rank", "--max-cpu-loras"}
 
 
@@ -86,7 +87,7 @@ class NoLoRAServer(VLLMServer):
 @dataclass(frozen=True)
 class Case:
     name: str
-    server: str  # "nolora", "ours" or "compiled"
+    server: str  # one of SERVERS
     models: tuple[str, ...]  # one request per model, all sent at once
     label: str
     penalties: dict[str, float] = field(default_factory=dict)  # sampling controls beyond greedy, e.g. RECOMMENDED
@@ -193,6 +194,22 @@ def settings_for(
     )
 
 
+def server_for(
+    name: str,
+    model_dir: Path,
+    data: Path,
+    kv_cache_gib: float,
+    *,
+    adapters: dict[str, Path],
+    extra_args: Sequence[str] = (),
+) -> VLLMServer:
+    """One of SERVERS, its files under data/name: the no-LoRA reference, ours as `make run` starts it, or compiled."""
+    settings = settings_for(model_dir, data / name, kv_cache_gib, extra_args, compile=name == "compiled")
+    if name == "nolora":
+        return NoLoRAServer(settings, adapters={})
+    return VLLMServer(settings, adapters=adapters)
+
+
 async def measure(
     clients: dict[str, openai.AsyncOpenAI], all_cases: list[Case], rounds: int, tokens: int, seed: int
 ) -> dict[str, list[dict[str, Any]]]:
@@ -265,13 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         data = Path(tmp)
-        servers: dict[str, VLLMServer] = {
-            "nolora": NoLoRAServer(settings_for(model_dir, data / "nolora", args.kv_cache_gib), adapters={}),
-            "ours": VLLMServer(settings_for(model_dir, data / "ours", args.kv_cache_gib), adapters=adapters),
-            "compiled": VLLMServer(
-                settings_for(model_dir, data / "compiled", args.kv_cache_gib, compile=True), adapters=adapters
-            ),
-        }
+        servers = {name: server_for(name, model_dir, data, args.kv_cache_gib, adapters=adapters) for name in SERVERS}
         try:
             for name, server in servers.items():
                 began = time.perf_counter()

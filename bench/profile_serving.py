@@ -34,7 +34,6 @@ from app.serving.process import VLLMServer
 from bench import bench_serving as bench
 
 PROFILED = ("base_nolora", "base_ours", "adapter1_ours", "adapters4_ours", "base_compiled", "adapter1_compiled")
-SERVERS = ("nolora", "ours", "compiled")
 GROUPS = {  # operator name pattern -> what it is (first match wins)
     "matrix products": r"aten::(mm|addmm|bmm|matmul|linear|einsum|baddbmm)$",
     "index, copy, cat": r"aten::(index_select|index|index_put_|copy_|cat|gather|scatter.*|to|_to_copy|contiguous)$",
@@ -101,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per request (forced)")
     parser.add_argument("--label", default="profile-" + time.strftime("%Y-%m-%d"), help="name of the JSON")
     parser.add_argument("--results", type=Path, default=bench.REPO / "bench" / "results", help="folder for the JSON")
-    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="servers to profile")
+    parser.add_argument(
+        "--servers", nargs="+", choices=bench.SERVERS, default=list(bench.SERVERS), help="servers to profile"
+    )
     args = parser.parse_args(argv)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(bench.REPO), os.environ.get("PYTHONPATH")]))
     model_dir = prepare(bench.REPO / DEFAULT_OUT)
@@ -109,12 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [case for case in bench.cases(sorted(adapters)) if case.name in PROFILED]
     result: dict[str, Any] = {"label": args.label, "tokens": args.tokens, "machine": bench.machine(), "cases": {}}
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
-        kinds = {"nolora": bench.NoLoRAServer, "ours": VLLMServer, "compiled": bench.CompiledLoRAServer}
-        for name, kind in ((name, kinds[name]) for name in args.servers):
+        for name in args.servers:
             traces = Path(tmp) / name / "traces"
             config = {"profiler": "torch", "torch_profiler_dir": str(traces), "torch_profiler_with_stack": False}
-            settings = bench.settings_for(model_dir, Path(tmp) / name, 1.0, ["--profiler-config", json.dumps(config)])
-            server = kind(settings, adapters={} if kind is bench.NoLoRAServer else adapters)
+            profiling = ["--profiler-config", json.dumps(config)]
+            server = bench.server_for(name, model_dir, Path(tmp), 1.0, adapters=adapters, extra_args=profiling)
             mine = [case for case in chosen if case.server == name]
             try:
                 bench.start(server, 900)
