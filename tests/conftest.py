@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from app.model_prep import DEFAULT_OUT, prepare
 from app.serving.client import ServingClient
 from app.serving.process import VLLMServer
 from app.ui import CSS, build_app
+from tests.busy import machine_report
 from tests.fake_openai import FakeOpenAI
 from tests.ports import free_port
 from tests.postgres import PostgresServer
@@ -35,6 +36,17 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report says how busy the machine was (tests/busy.py)."""
+    report: pytest.TestReport = yield
+    if report.failed and call.when == "call":
+        report.sections.append(("machine when it failed", machine_report()))
+    return report
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,40 @@
+"""What else the machine was doing when a test failed: the load average and the processes that used the most CPU
+over one second. tests/conftest.py adds it to every failed test's report, because the timing-sensitive tests
+(panels streaming together, the load test) once failed on CI at a tenth of their local speed, with nothing in the
+report to say whether the machine or a leftover process was busy."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def cpu_ticks() -> dict[int, tuple[int, str]]:
+    """Per live process: user + system CPU ticks so far, and its command line."""
+    ticks: dict[int, tuple[int, str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, fields = stat.read_text().rsplit(")", 1)
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError):
+            continue  # the process ended meanwhile
+        values = fields.split()  # after "(name)": state, ppid, ... utime (index 11), stime (12)
+        ticks[int(stat.parent.name)] = (int(values[11]) + int(values[12]), command or name.split("(", 1)[-1])
+    return ticks
+
+
+def machine_report(interval_s: float = 1.0, top: int = 8) -> str:
+    """The load average and the `top` busiest processes over `interval_s`, one line each."""
+    before = cpu_ticks()
+    time.sleep(interval_s)
+    after = cpu_ticks()
+    per_second = os.sysconf("SC_CLK_TCK") * interval_s
+    busiest = sorted(
+        ((ticks - before[pid][0]) / per_second * 100, pid, command)
+        for pid, (ticks, command) in after.items()
+        if pid in before
+    )[::-1][:top]
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    return "\n".join([f"load average {load} on {os.cpu_count()} CPUs; busiest processes over {interval_s:g} s:"]
+                     + [f"{cpu:5.0f} %  pid {pid}  {command[:180]}" for cpu, pid, command in busiest])  # fmt: skip
