@@ -24,11 +24,20 @@ def cpu_ticks() -> dict[int, tuple[int, str]]:
     return ticks
 
 
+def cpu_times() -> list[int]:
+    """The machine's CPU ticks so far: user, nice, system, idle, iowait, irq, softirq, steal (/proc/stat)."""
+    return [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
 def machine_report(interval_s: float = 1.0, top: int = 8) -> str:
-    """The load average and the `top` busiest processes over `interval_s`, one line each."""
-    before = cpu_ticks()
+    """The load average, the machine's busy, idle and stolen time and the `top` busiest processes over `interval_s`."""
+    before, machine_before = cpu_ticks(), cpu_times()
     time.sleep(interval_s)
-    after = cpu_ticks()
+    after, machine = cpu_ticks(), [now - then for now, then in zip(cpu_times(), machine_before, strict=True)]
+    user, nice, system, idle, iowait, irq, softirq, steal = machine
+    total = max(1, sum(machine))
+    shares = (f"{100 * (user + nice + system + irq + softirq) / total:.0f} % busy, "
+              f"{100 * (idle + iowait) / total:.0f} % idle, {100 * steal / total:.0f} % stolen")  # fmt: skip
     per_second = os.sysconf("SC_CLK_TCK") * interval_s
     busiest = sorted(
         ((ticks - before[pid][0]) / per_second * 100, pid, command)
@@ -36,5 +45,5 @@ def machine_report(interval_s: float = 1.0, top: int = 8) -> str:
         if pid in before
     )[::-1][:top]
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
-    return "\n".join([f"load average {load} on {os.cpu_count()} CPUs; busiest processes over {interval_s:g} s:"]
+    return "\n".join([f"load average {load} on {os.cpu_count()} CPUs; over {interval_s:g} s: {shares}; busiest:"]
                      + [f"{cpu:5.0f} %  pid {pid}  {command[:180]}" for cpu, pid, command in busiest])  # fmt: skip
