@@ -3,7 +3,7 @@
 It lists a base model and adapters like vLLM does (`/v1/models` with `parent`), streams scripted answers from
 `/v1/chat/completions` in OpenAI's SSE format (with a final usage chunk), can fail with a status code before or in
 the middle of a stream, or wait before each token, and keeps every request it got so a test can check what the app
-sent. Runs uvicorn in a thread on a loopback port:
+sent, and the most answers it streamed at once. Runs uvicorn in a thread on a loopback port:
 
     with FakeOpenAI() as fake:
         fake.script("base", "Hello <b>world</b>", delay_s=0.01)
@@ -54,6 +54,8 @@ class FakeOpenAI:
     headers: list[dict[str, str]] = field(default_factory=list)  # each chat request's headers
     hits: list[str] = field(default_factory=list)  # every other path requested (e.g. an image a page tried to load)
     context: int = 2048  # the max_model_len /tokenize reports
+    streaming: int = 0  # answers being streamed now
+    peak_streaming: int = 0  # the most at once so far
     port: int = 0
 
     def script(self, model: str, text: str = "OK.", **options: Any) -> None:
@@ -117,13 +119,18 @@ class FakeOpenAI:
 
     async def _stream(self, model: str, script: Script) -> AsyncIterator[str]:
         pieces = script.pieces()
-        for number, piece in enumerate(pieces):
-            if script.fail_after is not None and number >= script.fail_after:
-                raise RuntimeError("scripted stream failure")  # uvicorn drops the connection mid-stream
-            await asyncio.sleep(script.delay_s)
-            chunk = {"id": "fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-                     "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}  # fmt: skip
-            yield f"data: {json.dumps(chunk)}\n\n"
+        self.streaming += 1
+        self.peak_streaming = max(self.peak_streaming, self.streaming)
+        try:
+            for number, piece in enumerate(pieces):
+                if script.fail_after is not None and number >= script.fail_after:
+                    raise RuntimeError("scripted stream failure")  # uvicorn drops the connection mid-stream
+                await asyncio.sleep(script.delay_s)
+                chunk = {"id": "fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+                         "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}  # fmt: skip
+                yield f"data: {json.dumps(chunk)}\n\n"
+        finally:
+            self.streaming -= 1
         usage = {"prompt_tokens": 10, "completion_tokens": len(pieces), "total_tokens": 10 + len(pieces)}
         final = {"id": "fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
                  "choices": [], "usage": usage}  # fmt: skip
