@@ -180,7 +180,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--concurrency", type=_positive, default=DEFAULT_CONCURRENCY, metavar="N",
-        help=f"requests in flight at once; vLLM batches them (default {DEFAULT_CONCURRENCY})",
+        help=f"requests in flight at once, batched by vLLM (default {DEFAULT_CONCURRENCY}; 1: repeats on any CPU)",
     )  # fmt: skip
     parser.add_argument(
         "--max-tokens", type=_positive, default=DEFAULT_MAX_TOKENS, metavar="N",
