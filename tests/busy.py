@@ -10,23 +10,42 @@ import time
 from pathlib import Path
 
 
+def ticks_of(stat: str) -> int:
+    """User + system CPU ticks from a /proc/PID/stat line (the fields after "(name)": state, ppid, ... utime at
+    index 11, stime at 12)."""
+    values = stat.rsplit(")", 1)[1].split()
+    return int(values[11]) + int(values[12])
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) process `pid` has used so far, or None if it is gone."""
+    try:
+        return ticks_of(Path(f"/proc/{pid}/stat").read_text()) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return None
+
+
 def cpu_ticks() -> dict[int, tuple[int, str]]:
     """Per live process: user + system CPU ticks so far, and its command line."""
     ticks: dict[int, tuple[int, str]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            name, fields = stat.read_text().rsplit(")", 1)
+            line = stat.read_text()
             command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except (OSError, ValueError):
+        except OSError:
             continue  # the process ended meanwhile
-        values = fields.split()  # after "(name)": state, ppid, ... utime (index 11), stime (12)
-        ticks[int(stat.parent.name)] = (int(values[11]) + int(values[12]), command or name.split("(", 1)[-1])
+        ticks[int(stat.parent.name)] = (ticks_of(line), command or line.split("(", 1)[-1].rsplit(")", 1)[0])
     return ticks
 
 
 def cpu_times() -> list[int]:
     """The machine's CPU ticks so far: user, nice, system, idle, iowait, irq, softirq, steal (/proc/stat)."""
     return [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def steal_seconds() -> float:
+    """CPU time the host has taken from this (virtual) machine so far, summed over its CPUs."""
+    return cpu_times()[7] / os.sysconf("SC_CLK_TCK")
 
 
 def machine_report(interval_s: float = 1.0, top: int = 8) -> str:

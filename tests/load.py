@@ -20,6 +20,7 @@ from typing import Any
 
 from gradio_client import Client
 
+from tests.busy import cpu_seconds, steal_seconds
 from tests.panels import panel
 
 QUESTIONS = (
@@ -44,6 +45,8 @@ class LoadReport:
     first_token_s: list[float] = field(default_factory=list, repr=False)
     completion_s: list[float] = field(default_factory=list, repr=False)
     peak_rss_mib: float | None = None
+    app_cpu_s: float | None = None  # CPU time the app's process used during the run
+    steal_s: float | None = None  # CPU time the VM's host took from this machine during the run (both CPUs)
 
     @staticmethod
     def percentile(values: list[float], share: float) -> float | None:
@@ -117,6 +120,7 @@ def _user(url: str, number: int, *, until: float, max_tokens: int, report: LoadR
 def run_load(url: str, *, users: int, duration_s: float, max_tokens: int, app_pid: int | None = None) -> LoadReport:
     """Run `users` simulated users for `duration_s` seconds (each finishes its question in progress)."""
     report = LoadReport(users=users, duration_s=duration_s)
+    cpu_before, steal_before = cpu_seconds(app_pid) if app_pid is not None else None, steal_seconds()
     lock = threading.Lock()
     until = time.monotonic() + duration_s
     options = {"until": until, "max_tokens": max_tokens, "report": report, "lock": lock}
@@ -126,6 +130,10 @@ def run_load(url: str, *, users: int, duration_s: float, max_tokens: int, app_pi
     for thread in threads:
         thread.join(timeout=duration_s + 600)
     report.lost = report.questions - report.finished
+    report.steal_s = round(steal_seconds() - steal_before, 1)
     if app_pid is not None:
         report.peak_rss_mib = peak_rss_mib(app_pid)
+        cpu_after = cpu_seconds(app_pid)
+        if cpu_before is not None and cpu_after is not None:
+            report.app_cpu_s = round(cpu_after - cpu_before, 1)
     return report
