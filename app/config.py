@@ -65,6 +65,12 @@ class VLLMSettings(_Section):
         description="keep torch.compile on with LoRA on CPU (vLLM turns it off; our grouped LoRA ops make it safe): "
         "faster steps, but the first start compiles for a few minutes (cached in ~/.cache/vllm)",
     )
+    cpu_cores: str | None = Field(
+        None,
+        pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$",
+        description="CPU cores for the server's compute threads on CPU (VLLM_CPU_OMP_THREADS_BIND), e.g. 0-7; "
+        "default: vLLM's choice, the same for every server on the machine, so give each of several its own",
+    )
     startup_timeout_s: float = Field(300.0, gt=0)
     extra_args: list[str] = Field(default_factory=list, description="more api_server flags, e.g. tensor parallelism")
 

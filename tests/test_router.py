@@ -29,9 +29,9 @@ ROUTER = Path(sys.executable).parent / "vllm-router"  # requirements-dev.txt ins
 KEY = "replica-test-key"
 
 
-def replica(model_dir: Path, root: Path, name: str) -> VLLMServer:
+def replica(model_dir: Path, root: Path, name: str, core: int) -> VLLMServer:
     settings: Settings = load_settings(None, {
-        "model.path": str(model_dir), "vllm.port": free_port(), "vllm.kv_cache_gib": 1,
+        "model.path": str(model_dir), "vllm.port": free_port(), "vllm.kv_cache_gib": 1, "vllm.cpu_cores": str(core),
         "paths.data": str(root / name), "paths.adapters": str(root / "no-adapters"),
     })  # fmt: skip
     return VLLMServer(settings, adapters={}, api_key=KEY)
@@ -40,7 +40,9 @@ def replica(model_dir: Path, root: Path, name: str) -> VLLMServer:
 @pytest.fixture(scope="module")
 def replicas(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[VLLMServer]]:
     root = tmp_path_factory.mktemp("replicas")
-    servers = [replica(model_dir, root, name) for name in ("one", "two")]
+    # A core each: left to vLLM, both bind their threads to the same core and take their streams in turn.
+    cores = sorted(os.sched_getaffinity(0))
+    servers = [replica(model_dir, root, name, cores[i % len(cores)]) for i, name in enumerate(("one", "two"))]
     for server in servers:
         server.start()
     try:
@@ -80,17 +82,25 @@ def router(replicas: list[VLLMServer], tmp_path_factory: pytest.TempPathFactory)
         process.wait(timeout=30)
 
 
-def _running(server: VLLMServer) -> int:
-    """Requests the replica is generating now, from vLLM's Prometheus metrics."""
-    text = httpx.get(server.base_url.removesuffix("/v1") + "/metrics", timeout=10,
-                     headers={"Authorization": f"Bearer {server.api_key}"}).text  # fmt: skip
-    lines = [line for line in text.splitlines() if line.startswith("vllm:num_requests_running")]
+async def _prompt_tokens(server: VLLMServer) -> int:
+    """Prompt tokens the replica has read so far, from vLLM's Prometheus metrics (counted when a request's prompt is
+    processed, so a stream's prompt shows on the replica it went to before that stream ends)."""
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {server.api_key}"}, timeout=10) as http:
+        text = (await http.get(server.base_url.removesuffix("/v1") + "/metrics")).text
+    lines = [line for line in text.splitlines() if line.startswith("vllm:prompt_tokens_total")]
     return sum(int(float(line.split()[-1])) for line in lines)
 
 
 async def ask(client: ServingClient, model: str, tokens: int = 16) -> str:
     messages = [{"role": "user", "content": "How do I check my data use?"}]
     return "".join([d.text async for d in client.stream_chat(model, messages, temperature=0.0, max_tokens=tokens)])
+
+
+async def prompt_length(client: ServingClient, prompt: str) -> int:
+    """The prompt's length in tokens once the chat template is applied, as the server counts it."""
+    usage = [d async for d in client.stream_chat("base", [{"role": "user", "content": prompt}], max_tokens=1)][-1]
+    assert usage.prompt_tokens, usage
+    return usage.prompt_tokens
 
 
 async def served(server: VLLMServer) -> list[str]:
@@ -109,26 +119,41 @@ async def _scenario(router: str, replicas: list[VLLMServer]) -> None:
     answers = await asyncio.gather(*(ask(client, "support-live") for _ in range(4)))
     assert all(answer.strip() for answer in answers), "round robin: both replicas answer with the adapter"
 
-    async def long_answer() -> str:
-        messages = [{"role": "user", "content": "Count from 1 to 300, one number per line."}]
-        return "".join([d.text async for d in client.stream_chat("base", messages, temperature=0.0, max_tokens=1000)])
+    # Two long answers (the base model repeats itself to the 1,000-token limit on both: ~20 s here) with prompts of
+    # different lengths: afterwards the surviving replica's prompt-token counter says which one it served.
+    prompts = ["Write the word yes 400 times.", "Write a very long story about a dragon, at least 2000 words."]
+    lengths = [await prompt_length(client, prompt) for prompt in prompts]
+    assert lengths[0] != lengths[1], lengths
+    victim, survivor = replicas
+    survivor_before = await _prompt_tokens(survivor)
+    streaming = [asyncio.Event() for _ in prompts]
 
-    long_streams = [asyncio.create_task(long_answer()) for _ in range(2)]  # round robin: one on each replica
-    # Kill a replica mid-answer, as soon as vLLM's metrics show a stream generating on it. No fixed wait: the small
-    # model may stop counting early, and two CPU replicas sharing two cores may take their streams in turn. Not
-    # "after the first token" either: the router may forward a stream in larger pieces than vLLM sends.
-    running = [0] * len(replicas)
-    while not any(running) and not all(stream.done() for stream in long_streams):
-        await asyncio.sleep(0.2)
-        running = [_running(server) for server in replicas]
-    victim = replicas[running.index(max(running))]
+    async def long_answer(prompt: str, started: asyncio.Event) -> str:
+        parts: list[str] = []
+        async for delta in client.stream_chat("base", [{"role": "user", "content": prompt}], temperature=0.0,
+                                              max_tokens=1000):  # fmt: skip
+            parts.append(delta.text)
+            if delta.text:
+                started.set()
+        return "".join(parts)
+
+    long_streams = [asyncio.create_task(long_answer(p, e)) for p, e in zip(prompts, streaming, strict=True)]
+    # Kill a replica once both answers are streaming (round robin puts one on each). Text in hand means the router
+    # has passed that replica's answer on and cannot quietly retry it elsewhere. No fixed wait and no metrics read
+    # now: a replica busy generating may answer /metrics late.
+    while not all(event.is_set() for event in streaming):
+        assert not any(stream.done() for stream in long_streams), "a long answer ended before both were streaming"
+        await asyncio.sleep(0.1)
     group = victim.pid or 0
     os.killpg(group, signal.SIGKILL)
     outcomes = await asyncio.gather(*long_streams, return_exceptions=True)
-    failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-    assert failed and all(isinstance(f, ServingError) for f in failed), (running, outcomes)
-    assert all(outcome.strip() for outcome in outcomes if isinstance(outcome, str)), "the other stream ends normally"
-    assert "not reachable" in str(failed[0]) or "server said 5" in str(failed[0]), str(failed[0])
+    read = await _prompt_tokens(survivor) - survivor_before
+    assert read in lengths, ("round robin: one long answer on each replica", read, lengths, outcomes)
+    kept = lengths.index(read)
+    assert isinstance(outcomes[kept], str) and outcomes[kept].strip(), ("the other replica's stream ends", outcomes)
+    lost = outcomes[1 - kept]
+    assert isinstance(lost, ServingError), ("the killed replica's stream fails", outcomes)
+    assert "not reachable" in str(lost) or "server said 5" in str(lost), str(lost)
     await asyncio.sleep(3)  # the router's health check marks the dead replica
     after = [await ask(client, "support-live") for _ in range(6)]
     assert all(answer.strip() for answer in after), "new questions are answered by the replica that is left"

@@ -11,7 +11,7 @@ import pytest
 
 from app.__main__ import main as app_main
 from app.adapters.validate import discover_adapters
-from app.config import load_settings
+from app.config import ConfigError, load_settings
 from app.serving.client import ServingClient, ServingError
 from app.serving.process import VLLMServer, start_local_server
 from app.serving.vllm_plugin import COMPILE_ENV
@@ -47,6 +47,15 @@ def test_compile_setting_alone_decides_whether_vllm_compiles_with_lora(monkeypat
     monkeypatch.setenv(COMPILE_ENV, "1")  # left over in the shell: the setting, not this, decides
     assert COMPILE_ENV not in VLLMServer(load_settings(None, {})).environment()
     assert VLLMServer(load_settings(None, {"vllm.compile": True})).environment()[COMPILE_ENV] == "1"
+
+
+def test_cpu_cores_setting_binds_the_servers_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in VLLMServer(load_settings(None, {})).environment()
+    env = VLLMServer(load_settings(None, {"vllm.cpu_cores": "0-3,8"})).environment()
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0-3,8"
+    with pytest.raises(ConfigError, match="cpu_cores"):
+        load_settings(None, {"vllm.cpu_cores": "0-3; rm -rf /"})
 
 
 async def test_lists_base_model(vllm_server: VLLMServer) -> None:

@@ -96,6 +96,8 @@ class VLLMServer:
         env.pop(COMPILE_ENV, None)  # the setting decides, not a leftover variable
         if self.settings.vllm.compile:
             env[COMPILE_ENV] = "1"
+        if self.settings.vllm.cpu_cores:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.settings.vllm.cpu_cores
         env.pop("OPENAI_API_KEY", None)  # a key meant for another service is none of vLLM's business
         if Path(self.settings.model.path).exists():
             env["HF_HUB_OFFLINE"] = "1"  # a local folder never needs the hub
