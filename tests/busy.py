@@ -1,13 +1,16 @@
-"""What else the machine was doing when a test failed: the load average and the processes that used the most CPU
-over one second. tests/conftest.py adds it to every failed test's report, because the timing-sensitive tests
-(panels streaming together, the load test) once failed on CI at a tenth of their local speed, with nothing in the
-report to say whether the machine or a leftover process was busy."""
+"""What the machine and its processes are doing, read from /proc: CPU and memory use for the load test, and for a
+failed test's report the load average and the processes that used the most CPU over one second. tests/conftest.py
+adds that report to every failed test, because the timing-sensitive tests (panels streaming together, the load
+test) once failed on CI at a tenth of their local speed, with nothing to say whether the machine or a leftover
+process was busy."""
 
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")  # the unit of every CPU time in /proc
 
 
 def ticks_of(stat: str) -> int:
@@ -20,9 +23,20 @@ def ticks_of(stat: str) -> int:
 def cpu_seconds(pid: int) -> float | None:
     """CPU time (user + system) process `pid` has used so far, or None if it is gone."""
     try:
-        return ticks_of(Path(f"/proc/{pid}/stat").read_text()) / os.sysconf("SC_CLK_TCK")
+        return ticks_of(Path(f"/proc/{pid}/stat").read_text()) / TICKS_PER_S
     except OSError:
         return None
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """The process's high-water resident memory (VmHWM), in MiB (Linux)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def cpu_ticks() -> dict[int, tuple[int, str]]:
@@ -45,7 +59,7 @@ def cpu_times() -> list[int]:
 
 def steal_seconds() -> float:
     """CPU time the host has taken from this (virtual) machine so far, summed over its CPUs."""
-    return cpu_times()[7] / os.sysconf("SC_CLK_TCK")
+    return cpu_times()[7] / TICKS_PER_S
 
 
 def machine_report(interval_s: float = 1.0, top: int = 8) -> str:
@@ -57,7 +71,7 @@ def machine_report(interval_s: float = 1.0, top: int = 8) -> str:
     total = max(1, sum(machine))
     shares = (f"{100 * (user + nice + system + irq + softirq) / total:.0f} % busy, "
               f"{100 * (idle + iowait) / total:.0f} % idle, {100 * steal / total:.0f} % stolen")  # fmt: skip
-    per_second = os.sysconf("SC_CLK_TCK") * interval_s
+    per_second = TICKS_PER_S * interval_s
     busiest = sorted(
         ((ticks - before[pid][0]) / per_second * 100, pid, command)
         for pid, (ticks, command) in after.items()

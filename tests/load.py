@@ -15,12 +15,11 @@ import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from gradio_client import Client
 
-from tests.busy import cpu_seconds, steal_seconds
+from tests.busy import cpu_seconds, peak_rss_mib, steal_seconds
 from tests.panels import panel
 
 QUESTIONS = (
@@ -65,17 +64,6 @@ class LoadReport:
         data["answers_per_minute"] = round(self.answers / self.duration_s * 60, 1)
         data["mean_completion_s"] = round(statistics.fmean(self.completion_s), 2) if self.completion_s else None
         return data
-
-
-def peak_rss_mib(pid: int) -> float | None:
-    """The process's high-water resident memory (VmHWM), in MiB (Linux)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def _panel(rng: random.Random, max_tokens: int) -> list[Any]:
