@@ -1,6 +1,7 @@
 """Serving benchmark: what a LoRA adapter request costs next to a base request, on real vLLM servers.
 
     .venv/bin/python bench/bench_serving.py [--tokens 96] [--rounds 5] [--label after]   (or: make bench)
+    .venv/bin/python bench/bench_serving.py --servers nolora,ours --cpu-cores 0-1   (a thread-binding choice)
 
 Starts three vLLM servers on free loopback ports, one after the other, and keeps them up:
 - `nolora`: the embedded model without `--enable-lora` (the reference every ratio divides by);
@@ -179,7 +180,13 @@ def start(server: VLLMServer, timeout_s: float) -> None:
 
 
 def settings_for(
-    model_dir: Path, data: Path, kv_cache_gib: float, extra_args: Sequence[str] = (), *, compile: bool = False
+    model_dir: Path,
+    data: Path,
+    kv_cache_gib: float,
+    extra_args: Sequence[str] = (),
+    *,
+    compile: bool = False,
+    cpu_cores: str | None = None,
 ) -> Settings:
     return load_settings(
         None,
@@ -189,6 +196,7 @@ def settings_for(
             "vllm.kv_cache_gib": kv_cache_gib,
             "vllm.extra_args": list(extra_args),
             "vllm.compile": compile,
+            "vllm.cpu_cores": cpu_cores,
             "paths.data": str(data),
         },
     )
@@ -202,9 +210,12 @@ def server_for(
     *,
     adapters: dict[str, Path],
     extra_args: Sequence[str] = (),
+    cpu_cores: str | None = None,
 ) -> VLLMServer:
     """One of SERVERS, its files under data/name: the no-LoRA reference, ours as `make run` starts it, or compiled."""
-    settings = settings_for(model_dir, data / name, kv_cache_gib, extra_args, compile=name == "compiled")
+    settings = settings_for(
+        model_dir, data / name, kv_cache_gib, extra_args, compile=name == "compiled", cpu_cores=cpu_cores
+    )
     if name == "nolora":
         return NoLoRAServer(settings, adapters={})
     return VLLMServer(settings, adapters=adapters)
@@ -270,7 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache per server (2 servers run)")
     parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds a server may take to start")
     parser.add_argument("--seed", type=int, default=0, help="seed of the case order")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="which of them to start (nolora always)")
+    parser.add_argument("--cpu-cores", help="vllm.cpu_cores of every server, e.g. 0-1 (default: vLLM's binding)")
     args = parser.parse_args(argv)
+    chosen = {"nolora", *(name.strip() for name in args.servers.split(",") if name.strip())}
+    if chosen - set(SERVERS):
+        parser.error(f"--servers: unknown {sorted(chosen - set(SERVERS))}; choose from {', '.join(SERVERS)}")
 
     # vLLM's processes import our plugin by its entry point: make them import this checkout's copy.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -278,11 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     adapters = discover_adapters(REPO / "adapters")
     if not adapters:
         parser.error("no adapters under adapters/")
-    all_cases = cases(sorted(adapters))
-    info = machine()
+    all_cases = [case for case in cases(sorted(adapters)) if case.server in chosen]
+    info = machine() | {"cpu_cores": args.cpu_cores}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         data = Path(tmp)
-        servers = {name: server_for(name, model_dir, data, args.kv_cache_gib, adapters=adapters) for name in SERVERS}
+        servers = {
+            name: server_for(name, model_dir, data, args.kv_cache_gib, adapters=adapters, cpu_cores=args.cpu_cores)
+            for name in SERVERS
+            if name in chosen
+        }
         try:
             for name, server in servers.items():
                 began = time.perf_counter()
@@ -293,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
             clients = {name: client_for(server) for name, server in servers.items()}
             samples = asyncio.run(measure(clients, all_cases, args.rounds, args.tokens, args.seed))
             info["plugin_log"] = [
-                line for line in servers["ours"].log_tail(100_000).splitlines() if "adapter-arena" in line
+                line
+                for server in servers.values()
+                for line in server.log_tail(100_000).splitlines()
+                if "adapter-arena" in line
             ][:3]
         finally:
             for server in servers.values():
