@@ -21,7 +21,7 @@ from gradio_client import Client
 from app import model_cards
 from app.config import Settings, load_settings
 from app.content import Domain, EvalItem
-from app.eval import report
+from app.eval import report, targets
 from app.eval.cli import main, write_outputs
 from app.eval.run import (
     AnswerCache,
@@ -33,7 +33,7 @@ from app.eval.run import (
     cache_key,
     load_questions,
 )
-from app.eval.verdict import SummaryRow, decide_verdict, summarize
+from app.eval.verdict import Summary, SummaryRow, decide_verdict, summarize
 from app.playground import PanelAnswer
 from app.rag import Citation, RAGStore
 from app.serving.client import ModelInfo, ServingClient
@@ -271,6 +271,23 @@ def test_the_paraphrase_split_is_reported_beside_the_eval_set_and_decides(result
     assert ["adapter+persona", "1.00", "0.50", "-0.50"] in rows
     markdown = report.render_markdown(summary, seen + new, {}, {})
     assert "Generalisation (legal)" in markdown and "decided on the paraphrase split" in markdown
+
+
+def test_targets_say_which_are_met_with_the_numbers() -> None:
+    """Legal meets all three; finance misses each: a gain under 0.15, more made-up claims, a looping base model."""
+    rows = [row("base+persona", 0.3, 0.2).model_copy(update={"loop_rate": 0.0}),
+            row("adapter+persona", 0.5, 0.2).model_copy(update={"loop_rate": 0.05}),
+            row("base+persona", 0.3, 0.2, domain="finance").model_copy(update={"loop_rate": 0.3}),
+            row("adapter+persona", 0.4, 0.8, domain="finance").model_copy(update={"loop_rate": 0.0})]  # fmt: skip
+    table = targets.targets_table(Summary(rows=rows, verdict={}))
+    assert table == [
+        ["finance", "eval", "+0.10: not met", "0.80 vs 0.20: not met", "worst 30% (base+persona): not met"],
+        ["legal", "eval", "+0.20: met", "0.20 vs 0.20: met", "worst 5% (adapter+persona): met"],
+    ]
+    no_adapter = targets.targets_table(Summary(rows=rows[:1], verdict={}))
+    assert no_adapter == [["legal", "eval", "not measured", "not measured", "worst 0% (base+persona): met"]]
+    markdown = report.render_markdown(Summary(rows=rows, verdict={}), [], {}, {})
+    assert "## Targets" in markdown and "not met" in markdown
 
 
 def test_model_cards_get_the_adapter_table(results: list[dict[str, Any]], tmp_path: Path) -> None:

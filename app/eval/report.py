@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from app.eval import targets
 from app.eval.verdict import QUALITY_AXES, ROLE_NAMES, Decision, Summary
 from app.inert import md_code, md_text
 from app.setups import recipe_order
@@ -272,6 +273,9 @@ def render_markdown(
     out = [f"# {title}", "", *([note, ""] if note else [])]
     out += [f"- **{name}**: {_md_field(name, value)}" for name, value in run_lines(meta)]
     out += ["", "## Verdicts", "", verdicts_markdown(summary), "", READING, ""]
+    out += ["## Targets", "", "| " + " | ".join(targets.HEADERS) + " |", "|" + " --- |" * len(targets.HEADERS)]
+    out += ["| " + " | ".join(md_text(cell) for cell in row) + " |" for row in targets.targets_table(summary)]
+    out += ["", targets.NOTE, ""]
     for domain in summary.domains:
         headers, rows = table(summary, domain, formatted=True)
         out += [f"## {md_text(domain)}", "", "| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
@@ -348,7 +352,9 @@ def render_html(
             [list(item) for item in verdict_items(summary)],
             [False] * 4,
         ),
-        f"<p>{e(READING)}</p>",
+        f"<p>{e(READING)}</p><h2>Targets</h2>",
+        _html_table(targets.HEADERS, targets.targets_table(summary), [False] * len(targets.HEADERS)),
+        f"<p>{e(targets.NOTE)}</p>",
     ]
     numeric = [key != "spec" for key in COLUMNS]
     for domain in summary.domains:
