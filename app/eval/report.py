@@ -274,7 +274,7 @@ def render_markdown(
     out += [f"- **{name}**: {_md_field(name, value)}" for name, value in run_lines(meta)]
     out += ["", "## Verdicts", "", verdicts_markdown(summary), "", READING, ""]
     out += ["## Targets", "", "| " + " | ".join(targets.HEADERS) + " |", "|" + " --- |" * len(targets.HEADERS)]
-    out += ["| " + " | ".join(md_text(cell) for cell in row) + " |" for row in targets.targets_table(summary)]
+    out += [f"| {md_text(domain)} | " + " | ".join(cells) + " |" for domain, *cells in targets.targets_table(summary)]
     out += ["", targets.NOTE, ""]
     for domain in summary.domains:
         headers, rows = table(summary, domain, formatted=True)
