@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from app.inert import md_table, md_text
 from app.playground import PanelAnswer
 from app.scoring.judge import AnswerScores
 from app.setups import Setup
@@ -46,6 +47,10 @@ def comparison_record(question: str, panels: Sequence[Mapping[str, Any]]) -> dic
             "panels": list(panels)}  # fmt: skip
 
 
+TABLE_HEADERS = ["panel", "setup", "first token", "tokens/s", "tokens in/out", "$ per 1k answers", "terminology",
+                 "unsupported"]  # fmt: skip
+
+
 def _number(value: float | None, pattern: str) -> str:
     return "–" if value is None else pattern.format(value)
 
@@ -60,19 +65,21 @@ def to_markdown(record: Mapping[str, Any]) -> str:
         "",
         f"**Question:** {record['question']}",
         "",
-        "| panel | setup | first token | tokens/s | tokens in/out | $ per 1k answers | terminology | unsupported |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    rows = []
     for number, panel in enumerate(panels, 1):
         metrics, scores = panel["metrics"], panel["scores"] or {}
-        lines.append(
-            f"| {number} | {panel['setup'].get('label', '')} | {_number(metrics['first_token_s'], '{:.2f} s')} "
-            f"| {_number(metrics['tokens_per_s'], '{:.0f}')} "
-            f"| {metrics['prompt_tokens'] or '–'} / {metrics['completion_tokens'] or '–'} "
-            f"| {_number(metrics['usd_per_1k_answers'], '${:.3f}')} "
-            f"| {_number(scores.get('terminology'), '{:.0%}')} "
-            f"| {', '.join(scores.get('unsupported') or []) or '–'} |"
-        )
+        rows.append([
+            str(number),
+            md_text(panel["setup"].get("label", "")),
+            _number(metrics["first_token_s"], "{:.2f} s"),
+            _number(metrics["tokens_per_s"], "{:.0f}"),
+            f"{metrics['prompt_tokens'] or '–'} / {metrics['completion_tokens'] or '–'}",
+            _number(metrics["usd_per_1k_answers"], "${:.3f}"),
+            _number(scores.get("terminology"), "{:.0%}"),
+            md_text(", ".join(scores.get("unsupported") or [])) or "–",
+        ])  # fmt: skip
+    lines += md_table(TABLE_HEADERS, rows)
     for number, panel in enumerate(panels, 1):
         setup = panel["setup"]
         lines += ["", f"## Panel {number}: {setup.get('label', '')}", ""]

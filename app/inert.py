@@ -8,7 +8,7 @@ Two strengths, one place:
   URLs are shown as code so that nothing is linkified. Code blocks and spans stay exactly as written: Markdown shows
   their content literally, so `<b>` in a code block reads `<b>`.
 - `md_text(text)` for short untrusted values put into our own Markdown (titles, reasons, table cells): every
-  Markdown and HTML control character is escaped, so it reads exactly as the text.
+  Markdown and HTML control character is escaped, so it reads exactly as the text. `md_table` lays such cells out.
 Gradio's own sanitiser (`sanitize_html=True`) still runs after both, as a second layer.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Iterable, Sequence
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>:/])")  # ":" and "/" too: no bare URL is linkified
 # Fenced code blocks (``` or ~~~, to the closing fence or the end) and inline code spans (matching backtick runs).
@@ -33,6 +34,13 @@ def md_code(text: str) -> str:
     """Text as a Markdown code span (shown verbatim), fenced by more backticks than it contains."""
     fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
     return f"{fence} {text} {fence}" if fence != "`" else f"`{text}`"
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A Markdown table's lines from cells that are already Markdown (escape untrusted ones with `md_text`); a line
+    break inside a cell would end its row, so it becomes a space."""
+    lines = (headers, ["---"] * len(headers), *rows)
+    return [f"| {' | '.join(' '.join(cell.splitlines()) for cell in line)} |" for line in lines]
 
 
 def _inert_prose(text: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from app.eval.report import fmt
 from app.eval.verdict import Summary
-from app.inert import md_text
+from app.inert import md_table, md_text
 from app.setups import MODEL_CARD_ROWS
 
 
@@ -86,13 +86,8 @@ def adapter_table(summary: Summary, domain: str) -> list[str]:
     """Markdown table lines: the domain's persona-prompted base model against its adapter (and both with RAG)."""
     rows = {row.spec: row for row in summary.verdict_rows(domain) if row.spec in MODEL_CARD_ROWS}
     keys = [key for key in CARD_KEYS if any(getattr(row, key) is not None for row in rows.values())]
-    lines = ["| configuration | " + " | ".join(CARD_KEYS[key] for key in keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    lines += [
-        f"| {spec} | " + " | ".join(fmt(getattr(rows[spec], key), key) for key in keys) + " |"
-        for spec in MODEL_CARD_ROWS
-        if spec in rows
-    ]
-    return lines
+    cells = [[spec, *(fmt(getattr(rows[spec], key), key) for key in keys)] for spec in MODEL_CARD_ROWS if spec in rows]
+    return md_table(["configuration", *(CARD_KEYS[key] for key in keys)], cells)
 
 
 def adapter_section(summary: Summary, domains_shown: Sequence[str], meta: Mapping[str, Any]) -> str:

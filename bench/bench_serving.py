@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from app import hardware
 from app.adapters.validate import discover_adapters
 from app.config import Settings, load_settings
+from app.inert import md_table
 from app.model_prep import DEFAULT_OUT, prepare
 from app.serving.process import VLLMServer
 from app.setups import RECOMMENDED
@@ -260,16 +261,13 @@ def summarise(all_cases: list[Case], samples: dict[str, list[dict[str, Any]]], t
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| request | wall time (median) | TTFT | tokens/s | vs base on a server without LoRA |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    lines += [
-        f"| {r['label']} | {r['wall_s']:.2f} s | {r['ttft_s']:.2f} s | {r['tokens_per_s']:.1f} | "
-        f"{r['vs_base_nolora']:.2f}× |"
+    headers = ["request", "wall time (median)", "TTFT", "tokens/s", "vs base on a server without LoRA"]
+    cells = [
+        [r["label"], f"{r['wall_s']:.2f} s", f"{r['ttft_s']:.2f} s", f"{r['tokens_per_s']:.1f}",
+         f"{r['vs_base_nolora']:.2f}×"]
         for r in rows
-    ]
-    return "\n".join(lines)
+    ]  # fmt: skip
+    return "\n".join(md_table(headers, cells))
 
 
 def main(argv: list[str] | None = None) -> int:

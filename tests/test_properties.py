@@ -8,9 +8,10 @@ import re
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from app.comparison import TABLE_HEADERS, to_markdown
 from app.config import ConfigError, Settings, load_settings
 from app.content import EvalItem, load_jsonl, load_persona, parse_kb_text
 from app.inert import inert_markdown, md_text
@@ -65,6 +66,7 @@ def test_any_kb_text_parses(text: str) -> None:
 
 
 @given(text=st.text(max_size=400))
+@example(text="B\x85A")  # U+0085 is whitespace to regexes: the name is quoted as written, not re-spaced
 def test_claims_are_taken_from_the_text_and_the_text_supports_itself(text: str) -> None:
     claims = extract_claims(text)
     assert all(claim.text in text for claim in claims)
@@ -93,3 +95,15 @@ def test_inert_markdown_leaves_no_tag_or_link_outside_code(text: str) -> None:
 def test_md_text_escapes_every_control_character(text: str) -> None:
     escaped = md_text(text)
     assert "<" not in escaped and re.search(r"(?<!\\)[\[\]()*_`]", escaped) is None
+
+
+@given(label=st.text(max_size=80), unsupported=st.lists(st.text(max_size=20), max_size=3))
+def test_a_comparison_export_keeps_its_table_whatever_the_setup_is_called(label: str, unsupported: list[str]) -> None:
+    metrics = dict.fromkeys(["first_token_s", "tokens_per_s", "prompt_tokens", "completion_tokens",
+                             "usd_per_1k_answers"])  # fmt: skip
+    panel = {"setup": {"label": label}, "answer": "A.", "error": None, "metrics": metrics, "citations": [],
+             "scores": {"terminology": 0.5, "unsupported": unsupported}}  # fmt: skip
+    text = to_markdown({"created_at": "2026-12-05T00:00:00+00:00", "question": "Q?", "panels": [panel, panel]})
+    table = [line for line in text.split("\n## Panel")[0].splitlines() if line.startswith("| ")]
+    cells = [len(re.split(r"(?<!\\)\|", line)) - 2 for line in table]
+    assert cells == [len(TABLE_HEADERS)] * 4, "header, rule and one row a panel, every one with all its columns"

@@ -17,7 +17,7 @@ from typing import Any
 
 from app.eval import targets
 from app.eval.verdict import QUALITY_AXES, ROLE_NAMES, Decision, Summary
-from app.inert import md_code, md_text
+from app.inert import md_code, md_table, md_text
 from app.setups import recipe_order
 
 TITLE = "Eval report"
@@ -273,18 +273,16 @@ def render_markdown(
     out = [f"# {title}", "", *([note, ""] if note else [])]
     out += [f"- **{name}**: {_md_field(name, value)}" for name, value in run_lines(meta)]
     out += ["", "## Verdicts", "", verdicts_markdown(summary), "", READING, ""]
-    out += ["## Targets", "", "| " + " | ".join(targets.HEADERS) + " |", "|" + " --- |" * len(targets.HEADERS)]
-    out += [f"| {md_text(domain)} | " + " | ".join(cells) + " |" for domain, *cells in targets.targets_table(summary)]
+    target_rows = [[md_text(domain), *cells] for domain, *cells in targets.targets_table(summary)]
+    out += ["## Targets", "", *md_table(targets.HEADERS, target_rows)]
     out += ["", targets.NOTE, ""]
     for domain in summary.domains:
         headers, rows = table(summary, domain, formatted=True)
-        out += [f"## {md_text(domain)}", "", "| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
-        out += ["| " + " | ".join(row) + " |" for row in rows]
+        out += [f"## {md_text(domain)}", "", *md_table(headers, rows)]
         general_headers, general = generalisation(summary, domain)
         if general:
             out += ["", f"Generalisation ({md_text(domain)}): the same facts asked in new words", ""]
-            out += ["| " + " | ".join(general_headers) + " |", "|" + " --- |" * len(general_headers)]
-            out += ["| " + " | ".join(row) + " |" for row in general]
+            out += md_table(general_headers, general)
         if chart_name(domain) in charts:
             out += ["", f"![{md_text(domain)}: metrics per configuration]({chart_prefix}{chart_name(domain)})"]
         out.append("")

@@ -10,6 +10,8 @@ on (the paraphrases, when the run has them), adapter + persona against base + pe
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from app.eval.verdict import Summary, SummaryRow
 from app.setups import ADAPTER, PROMPT
 
@@ -32,33 +34,28 @@ NOTE = (
 )
 
 
-def _mark(met: bool | None) -> str:
-    return "not measured" if met is None else "met" if met else "not met"
+def _cell(values: Sequence[float | None], shown: str, met: Callable[..., bool]) -> str:
+    """One target's cell: "not measured" when a value is missing, else the values shown and whether they meet it."""
+    if any(value is None for value in values):
+        return "not measured"
+    return f"{shown.format(*values)}: {'met' if met(*values) else 'not met'}"
 
 
 def domain_targets(rows: list[SummaryRow]) -> list[str]:
     """One domain's cells (after domain and split): each target's measured value and whether it is met."""
     by_spec = {row.spec: row for row in rows}
     base, adapter = by_spec.get(PROMPT), by_spec.get(ADAPTER)
-    cells = []
     terms = [row.terminology_accuracy if row else None for row in (base, adapter)]
-    if terms[0] is None or terms[1] is None:
-        cells.append(_mark(None))
-    else:
-        gain = terms[1] - terms[0]
-        cells.append(f"{gain:+.2f}: {_mark(gain >= TERMINOLOGY_GAIN - 1e-9)}")
+    # In hundredths, as shown: 0.45 - 0.30 is 0.1499... in floats, yet reads (and counts as) +0.15.
+    gain = None if terms[0] is None or terms[1] is None else round(terms[1] - terms[0], 2)
     made_up = [row.hallucination_rate if row else None for row in (adapter, base)]
-    if made_up[0] is None or made_up[1] is None:
-        cells.append(_mark(None))
-    else:
-        cells.append(f"{made_up[0]:.2f} vs {made_up[1]:.2f}: {_mark(made_up[0] <= made_up[1])}")
-    loops = [(row.loop_rate, row.spec) for row in rows if row.loop_rate is not None]
-    if not loops:
-        cells.append(_mark(None))
-    else:
-        worst, spec = max(loops)
-        cells.append(f"worst {worst:.0%} ({spec}): {_mark(worst <= LOOP_RATE)}")
-    return cells
+    worst = max((row.loop_rate for row in rows if row.loop_rate is not None), default=None)
+    worst_spec = next((row.spec for row in rows if worst is not None and row.loop_rate == worst), "")
+    return [
+        _cell([gain], "{:+.2f}", lambda g: g >= TERMINOLOGY_GAIN),
+        _cell(made_up, "{:.2f} vs {:.2f}", lambda a, b: a <= b),
+        _cell([worst], f"worst {{:.0%}} ({worst_spec})", lambda w: w <= LOOP_RATE),
+    ]
 
 
 def targets_table(summary: Summary) -> list[list[str]]:

@@ -58,15 +58,15 @@ def extract_claims(text: str) -> list[Claim]:
         kind = "percent" if unit in ("%", "percent") else kind
         claims.append(Claim(match.group(0).strip(), kind, _number_key(match["value"])))
     for match in _NAME.finditer(text):
-        words = match.group(0).split()
+        words = list(re.finditer(r"\S+", match.group(0)))  # with their places: the claim is quoted as written
         at_sentence_start = not text[: match.start()].strip() or text[: match.start()].rstrip()[-1] in ".!?:\n"
-        if at_sentence_start and (len(words) > 2 or words[0].lower() in _SENTENCE_STARTERS):
+        if at_sentence_start and (len(words) > 2 or words[0].group(0).lower() in _SENTENCE_STARTERS):
             words = words[1:]  # "Try Acme Premium", "The Heart Association": the first word is capitalised anyway
-        while words and words[0].lower() in _SENTENCE_STARTERS:
+        while words and words[0].group(0).lower() in _SENTENCE_STARTERS:
             words = words[1:]
         if len(words) >= 2:
-            name = " ".join(words)
-            claims.append(Claim(name, "name", name.lower()))
+            key = " ".join(word.group(0) for word in words).lower()
+            claims.append(Claim(match.group(0)[words[0].start() :], "name", key))
     return claims
 
 
