@@ -54,6 +54,7 @@ class TrainConfig(BaseModel):
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR), min_length=1)
     epochs: float = Field(2.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
     learning_rate: float = Field(3e-4, gt=0, le=1e-2)
     warmup: float = Field(0.05, ge=0, description="warm-up: a fraction of all steps if < 1, else a step count")
     max_length: int = Field(512, ge=32, le=4096, description="tokens per example; longer ones are cut")
@@ -235,7 +236,7 @@ def train(
     args = TrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=config.epochs,
-        max_steps=max_steps or -1,
+        max_steps=max_steps or config.max_steps or -1,
         learning_rate=config.learning_rate,
         warmup_steps=config.warmup,
         lr_scheduler_type="cosine",

@@ -19,11 +19,13 @@ from app.train import HUB_BASE_MODEL, IGNORE_INDEX, TrainConfig, encode, main, s
 
 REPO = Path(__file__).resolve().parent.parent
 RANK = 8
+STEPS = 8
 TINY = {
     "rank": RANK,
     "alpha": 16,
     "target_modules": ["q_proj", "v_proj"],
     "epochs": 50,  # max_steps ends the run first
+    "max_steps": STEPS,
     "learning_rate": 2e-3,
     "warmup": 0,
     "max_length": 192,
@@ -33,7 +35,6 @@ TINY = {
     "save_steps": 4,
     "logging_steps": 1,
 }
-STEPS = 8
 
 
 def tokenizer(model_dir: Path) -> Any:
@@ -78,7 +79,7 @@ def trained(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     folder = write_adapter(root, "tiny", LEGAL_LINES[:16])
     settings = settings_for(model_dir, root)
     config = TrainConfig.model_validate(yaml.safe_load((folder / "train.yaml").read_text()))
-    facts = train("tiny", settings, config, root / "out", max_steps=STEPS)
+    facts = train("tiny", settings, config, root / "out")  # train.yaml's max_steps ends it
     return root / "out", facts, settings
 
 
