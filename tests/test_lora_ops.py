@@ -16,7 +16,7 @@ from vllm.lora.punica_wrapper import punica_cpu
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 from app.serving import vllm_plugin
-from app.serving.cpu_lora import GroupedPunicaWrapperCPU, batched_shrink, lora_groups
+from app.serving.cpu_lora import GroupedPunicaWrapperCPU, lora_groups, row_products
 
 MAX_LORAS, RANK, HIDDEN = 4, 8, 48
 SLOT_IDS = [11, 12, 13, 14]  # LoRA ids in slots 0..3; id 0 = no adapter (index -1)
@@ -26,6 +26,8 @@ CASES = {
     "base and adapters in runs": [0, 0, 11, 11, 11, 0, 13, 14, 14],
     "one adapter in separate runs": [12, 0, 12, 12, 0, 0, 12, 11],
     "decode, four adapters": [14, 11, 13, 12],
+    "decode, two adapters apart and a base token": [11, 0, 13],
+    "one-token adapters beside a run": [14, 12, 12, 12, 0, 11],
     "a single token": [13],
 }
 
@@ -84,9 +86,44 @@ def test_a_tokens_shrink_does_not_depend_on_its_batch(tokens: int) -> None:
     rng = torch.Generator().manual_seed(tokens)
     a = torch.randn(48, 576, generator=rng).to(torch.bfloat16).to(torch.float32)
     x = torch.randn(tokens, 576, generator=rng).to(torch.bfloat16)
-    alone = torch.cat([batched_shrink(x[row : row + 1], a) for row in range(tokens)])
-    assert torch.equal(batched_shrink(x, a), alone), "a token's shrink changed with the number of tokens beside it"
-    torch.testing.assert_close(alone, x.float() @ a.t(), atol=1e-4, rtol=1e-4)
+    x = x.float()
+    alone = torch.cat([row_products(x[row : row + 1], a) for row in range(tokens)])
+    assert torch.equal(row_products(x, a), alone), "a token's shrink changed with the number of tokens beside it"
+    torch.testing.assert_close(alone, x @ a.t(), atol=1e-4, rtol=1e-4)
+
+
+def test_a_tokens_delta_is_the_same_bits_in_any_batch() -> None:
+    """At SmolLM2-135M's fused q, k, v shape in bfloat16: each token's LoRA output alone, beside one token of each
+    other adapter (the batched one-token path: panels decoding at once), beside more tokens of its own adapter, and
+    in mixed prefill-like steps, bit for bit. Anything else lets a request's greedy answer change with its batch."""
+    rng = torch.Generator().manual_seed(17)
+    slices, width = (576, 192, 192), 576
+    lora_a = tuple(torch.randn(MAX_LORAS, 1, 16, width, generator=rng).to(torch.bfloat16) for _ in slices)
+    lora_b = tuple((torch.randn(MAX_LORAS, 1, n, 16, generator=rng) * 0.05).to(torch.bfloat16) for n in slices)
+    batches = {  # (tokens a step, the adapters of the steps' tokens; 0: no adapter): a few hundred tokens each,
+        # as a difference shows in about one token's output in fifty
+        "one token of each adapter": (4, [11, 12, 13, 14] * 64),
+        "two adapters apart": (2, [14, 12] * 64),
+        "its adapter's tokens": (256, [12] * 256),
+        "mixed steps": (16, [0, 11, 11, 12, 13, 0, 14, 14, 12, 12, 11, 12, 13, 13, 13, 14] * 8),
+    }
+
+    def outputs(ids: list[int], x: torch.Tensor) -> torch.Tensor:
+        grouped = GroupedPunicaWrapperCPU(512, 16, "cpu")
+        mapping = LoRAMapping(index_mapping=tuple(ids), prompt_mapping=tuple(ids), is_prefill=True)
+        grouped.update_metadata(mapping, list(SLOT_IDS), MAX_LORAS, 1000)
+        y = torch.zeros(len(ids), sum(slices), dtype=torch.bfloat16)
+        grouped.add_lora_linear(y, x, lora_a, lora_b, 1.0, slices)
+        return y
+
+    assert wrappers([11, 12, 13, 14])[1].step.singles is not None, "four one-token adapters take the batched path"
+    for name, (step, ids) in batches.items():
+        x = torch.randn(len(ids), width, generator=rng).to(torch.bfloat16)
+        together = torch.cat([outputs(ids[n : n + step], x[n : n + step]) for n in range(0, len(ids), step)])
+        alone = torch.cat([outputs([lora_id], x[n : n + 1]) for n, lora_id in enumerate(ids)])
+        assert alone.abs().sum() > 0
+        differ = (together != alone).any(dim=1).sum().item()
+        assert differ == 0, f"{name}: {differ} of {len(ids)} tokens' outputs differ from their outputs alone"
 
 
 def test_scale_is_applied_like_vllms() -> None:

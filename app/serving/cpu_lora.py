@@ -13,12 +13,16 @@ tokens without an adapter (index -1) the last slot's adapter (see app/serving/vl
   stacked into one (n_slices * rank, in) matrix and their B matrices into one block-diagonal (out, n_slices * rank)
   one, built once per adapter load (cached on the weights' version counter), so a group costs one shrink matmul,
   one expand matmul and one add, whatever the number of slices. A step where all tokens use one adapter takes the
-  rows as they are (the fast path, no indexing).
-Arithmetic follows vLLM's torch ops: the shrink in float32, the expand in the weights' dtype; the shrink runs as
-1-row products so that a token's output does not depend on the rest of its batch (`batched_shrink`).
+  rows as they are (the fast path, no indexing);
+- the slots that have exactly one token in a step (`lora_step`: several panels or users decoding with different
+  adapters, the Compare tab's usual step) are one batched product over those slots' stored weights instead of one
+  product pair each, so four adapters decoding together cost about what one does (docs/performance.md).
+Arithmetic follows vLLM's torch ops: the shrink in float32, the expand in the weights' dtype. A token's delta is the
+same bits alone and in any batch (`row_products`, tests/test_lora_ops.py), so batching never changes an answer.
 
-Embedding and logits LoRA (not used by the shipped adapters) still go through vLLM's ops with the -1 fix.
-The plugin (app/serving/vllm_plugin.py) makes vLLM's CPU platform build this wrapper.
+Embedding and LM-head LoRA (not trained by the shipped adapters) take the same grouped path; only an input that is
+not one row per token goes to vLLM's own ops, with the -1 fix. The plugin (app/serving/vllm_plugin.py) makes vLLM's
+CPU platform build this wrapper.
 
 Under torch.compile (the plugin's `ADAPTER_ARENA_LORA_COMPILE=1`), vLLM's CPU mode traces the model once and then
 runs the graph without guards, so the step's grouping must not be traced: the linear and embedding LoRA calls then
@@ -28,7 +32,7 @@ whose eager body is the code above, reading the grouping of the step being run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,6 +46,31 @@ class Group:
 
     slot: int
     rows: slice | torch.Tensor
+
+
+@dataclass(frozen=True)
+class Singles:
+    """Adapter slots `slots` (a contiguous range) that have one token each in a step, done as one batched product.
+
+    rows[i] is the token of slot `slots.start + i`; a slot of the range without a token gets a stand-in row whose
+    result is dropped: `present` lists the positions that have one (None when all have), `targets` their rows.
+    """
+
+    slots: slice
+    rows: torch.Tensor
+    present: torch.Tensor | None
+    targets: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step's tokens by adapter slot: `groups` has every slot with tokens (-1 tokens are in none); `singles`, when
+    two or more slots have exactly one token (several panels decoding at once), batches those, and `rest` is the
+    groups it leaves out."""
+
+    groups: list[Group]
+    singles: Singles | None = None
+    rest: list[Group] = field(default_factory=list)
 
 
 def lora_groups(indices: torch.Tensor) -> list[Group]:
@@ -61,6 +90,23 @@ def lora_groups(indices: torch.Tensor) -> list[Group]:
             rows = torch.cat([torch.arange(begin, end, device=indices.device) for begin, end in spans])
             groups.append(Group(slot, rows))
     return groups
+
+
+def lora_step(indices: torch.Tensor) -> Step:
+    """`lora_groups`, plus the one-token slots batched together when there are two or more of them."""
+    groups = lora_groups(indices)
+    single = {g.slot: g.rows.start for g in groups if isinstance(g.rows, slice) and g.rows.stop - g.rows.start == 1}
+    if len(single) < 2:
+        return Step(groups)
+    low, high = min(single), max(single) + 1
+    stand_in = next(iter(single.values()))
+    rows = torch.tensor([single.get(slot, stand_in) for slot in range(low, high)], device=indices.device)
+    present = None
+    if len(single) < high - low:
+        present = torch.tensor([n for n, slot in enumerate(range(low, high)) if slot in single], device=indices.device)
+    targets = rows if present is None else rows.index_select(0, present)
+    rest = [g for g in groups if g.slot not in single]
+    return Step(groups, Singles(slice(low, high), rows, present, targets), rest)
 
 
 @dataclass(frozen=True)
@@ -112,33 +158,56 @@ class FusedWeights:
         return fused
 
 
-def batched_shrink(rows: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """rows @ a.T in float32, as one 1-row product per row (a batched matmul over a broadcast `a`).
+def row_products(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """rows @ weights.T as one 1-row product per row: `weights` is one (out, k) matrix for every row, or (rows, out,
+    k), one matrix per row (a batched matmul either way).
 
-    A float32 GEMM's result for one row depends on how many rows it is given (the BLAS picks its kernel and
-    blocking by shape), so `torch.mm` here made a token's output depend on how many tokens of its adapter shared
-    the step: greedy answers changed with the batch. 1-row products do not; the bfloat16 expand and the base
-    model's layers were measured batch-invariant (tests/test_adapter_outputs.py checks the whole model).
+    The shrink runs in float32 (as vLLM's ops do), and a float32 GEMM's result for one row depends on how many rows
+    it is given (the BLAS picks its kernel and blocking by shape): `torch.mm` there made a token's output depend on
+    how many tokens of its adapter shared the step, and greedy answers changed with the batch. 1-row products do
+    not. The bfloat16 expand needs no such care: a bfloat16 `torch.mm` row and the same row of a `torch.bmm` are
+    the same bits alone or batched (tests/test_lora_ops.py checks a token's whole delta, alone and batched).
     """
-    x = rows.to(torch.float32).unsqueeze(1)
-    return torch.bmm(x, a.t().unsqueeze(0).expand(x.shape[0], -1, -1)).squeeze(1)
+    matrices = weights.transpose(-1, -2)
+    if matrices.dim() == 2:
+        matrices = matrices.unsqueeze(0).expand(rows.shape[0], -1, -1)
+    return torch.bmm(rows.unsqueeze(1), matrices).squeeze(1)
+
+
+def lora_delta(
+    rows: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, scale: float = 1.0, shrink: bool = True
+) -> torch.Tensor:
+    """((rows @ a.T) * scale) @ b.T: the shrink in float32, the expand in the weights' dtype, as vLLM's ops do
+    (`shrink=False`: rows are already shrunk). `a` and `b` are one slot's matrices, or one per row."""
+    if shrink:
+        rows = row_products(rows.to(torch.float32), a)
+        if scale != 1.0:
+            rows.mul_(scale)
+    rows = rows.to(b.dtype)
+    return torch.mm(rows, b.t()) if b.dim() == 2 else torch.bmm(rows.unsqueeze(1), b.transpose(1, 2)).squeeze(1)
 
 
 def add_grouped_lora(
-    y: torch.Tensor, x: torch.Tensor, fused: Fused, groups: list[Group], *, scale: float = 1.0, shrink: bool = True
+    y: torch.Tensor, x: torch.Tensor, fused: Fused, step: Step, *, scale: float = 1.0, shrink: bool = True
 ) -> None:
-    """y[rows, :out] += ((x[rows] @ A[slot].T) * scale) @ B[slot].T for each group, in place (`shrink=False`: x is
-    already the shrunk (tokens, rank) input, y[rows] += x[rows] @ B[slot].T)."""
+    """y[rows, :out] += ((x[rows] @ A[slot].T) * scale) @ B[slot].T for each slot's rows, in place (`shrink=False`:
+    x is already the shrunk (tokens, rank) input, y[rows] += x[rows] @ B[slot].T). Slots with one token each are
+    one batched product (when all of them are live), the others one product pair per slot."""
     width = fused.b.shape[1]
+    groups, singles = step.groups, step.singles
+    if singles is not None and all(fused.live[singles.slots]):
+        a, b = fused.a[singles.slots], fused.b[singles.slots]
+        delta = lora_delta(x.index_select(0, singles.rows), a, b, scale=scale, shrink=shrink).to(y.dtype)
+        if singles.present is not None:
+            delta = delta.index_select(0, singles.present)
+        y[:, :width].index_add_(0, singles.targets, delta)
+        groups = step.rest
     for group in groups:
         if not fused.live[group.slot]:
             continue
         rows = x[group.rows] if isinstance(group.rows, slice) else x.index_select(0, group.rows)
-        if shrink:  # one 1-row product per token, see `batched_shrink`
-            rows = batched_shrink(rows, fused.a[group.slot])
-            if scale != 1.0:
-                rows.mul_(scale)
-        delta = torch.mm(rows.to(fused.b.dtype), fused.b[group.slot].t()).to(y.dtype)
+        a, b = fused.a[group.slot], fused.b[group.slot]
+        delta = lora_delta(rows, a, b, scale=scale, shrink=shrink).to(y.dtype)
         if isinstance(group.rows, slice):
             y[group.rows, :width] += delta
         else:
@@ -152,8 +221,8 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         super().__init__(*args, **kwargs)
         self.position = len(_WRAPPERS)  # how a compiled graph names this wrapper to the custom ops
         _WRAPPERS.append(self)
-        self.groups: list[Group] = []  # rows of each adapter slot among the step's tokens
-        self.sampler_groups: list[Group] = []  # the same among the rows whose logits are computed
+        self.step = Step([])  # rows of each adapter slot among the step's tokens
+        self.sampler_step = Step([])  # the same among the rows whose logits are computed
         self.fused = FusedWeights()
         self._slot_ids: tuple[int | None, ...] = ()
 
@@ -162,8 +231,8 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         if tuple(lora_index_to_id) != self._slot_ids:  # an adapter was loaded into or removed from a slot
             self._slot_ids = tuple(lora_index_to_id)
             self.fused.clear()
-        self.groups = lora_groups(self.token_lora_indices)
-        self.sampler_groups = lora_groups(self.sampler_indices)
+        self.step = lora_step(self.token_lora_indices)
+        self.sampler_step = lora_step(self.sampler_indices)
 
     def add_lora_linear(  # noqa: PLR0917 - vLLM's signature
         self,
@@ -181,7 +250,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
             a, b, out = list(lora_a_stacked), list(lora_b_stacked), list(output_slices)
             torch.ops.vllm.arena_lora_linear(y, x, a, b, scale, out, self.position)
             return
-        if not self.groups:
+        if not self.step.groups:
             return
         flat_y = y.view(-1, y.shape[-1])
         flat_x = x.view(-1, x.shape[-1])
@@ -189,7 +258,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
             super().add_lora_linear(y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer)
             return
         fused = self.fused.get(lora_a_stacked, lora_b_stacked, output_slices)
-        add_grouped_lora(flat_y, flat_x, fused, self.groups, scale=scale)
+        add_grouped_lora(flat_y, flat_x, fused, self.step, scale=scale)
 
     def add_lora_embedding(
         self,
@@ -203,14 +272,14 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         if torch.compiler.is_compiling():
             torch.ops.vllm.arena_lora_embedding(y, x, lora_b_stacked, add_inputs, self.position)
             return
-        if not self.groups:
+        if not self.step.groups:
             return
         if not add_inputs or lora_b_stacked.ndim != 4 or x.shape[0] != self.token_lora_indices.shape[0]:
             super().add_lora_embedding(y, x, lora_b_stacked, add_inputs, **kwargs)
             return
         no_a = lora_b_stacked.new_ones(lora_b_stacked.shape[0], 1, 1, 1)  # no shrink here: only B decides `live`
         fused = self.fused.get((no_a,), (lora_b_stacked,), (lora_b_stacked.shape[2],))
-        add_grouped_lora(y, x, fused, self.groups, shrink=False)
+        add_grouped_lora(y, x, fused, self.step, shrink=False)
 
     def add_lora_logits(
         self,
@@ -224,7 +293,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         **kwargs: Any,
     ) -> None:
         """The LM head's LoRA on the rows whose logits are computed (grouped by the sampler's indices)."""
-        if not self.sampler_groups:
+        if not self.sampler_step.groups:
             return
         flat_y = y.view(-1, y.shape[-1])
         flat_x = x.view(-1, x.shape[-1])
@@ -232,7 +301,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
             super().add_lora_logits(y, x, lora_a_stacked, lora_b_stacked, scale, buffer=buffer, **kwargs)
             return
         fused = self.fused.get((lora_a_stacked,), (lora_b_stacked,), (lora_b_stacked.shape[2],))
-        add_grouped_lora(flat_y, flat_x, fused, self.sampler_groups, scale=scale)
+        add_grouped_lora(flat_y, flat_x, fused, self.sampler_step, scale=scale)
 
 
 _WRAPPERS: list[GroupedPunicaWrapperCPU] = []  # every wrapper of this process, by `position`
