@@ -153,13 +153,16 @@ class Playground:
             kept = kept[2:]  # one question and its answer
 
     async def answer(
-        self, setups: Sequence[Setup], histories: Sequence[Sequence[dict[str, Any]]], question: str
+        self, setups: Sequence[Setup], histories: Sequence[Sequence[dict[str, Any]]], question: str, *, base: str = ""
     ) -> AsyncIterator[list[PanelAnswer]]:
-        """Run all setups concurrently; after each change yield every current answer (same order as `setups`)."""
+        """Run all setups concurrently; after each change yield every current answer (same order as `setups`).
+
+        `base` is the base model's id when the caller has just asked the server for it; else it is asked here (a
+        round trip to a server busy streaming can take a while, and it delays every first token)."""
         asked = time.monotonic()
         answers = [PanelAnswer() for _ in setups]
-        base, base_error = "", None
-        if any(setup.adapter is None for setup in setups):
+        base_error = None
+        if not base and any(setup.adapter is None for setup in setups):
             try:
                 base = await self.base_model()
             except ServingError as exc:

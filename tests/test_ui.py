@@ -118,6 +118,33 @@ def test_every_panel_is_asked_at_once(fake_server: FakeOpenAI, fake_app: str) ->
     assert fake_server.peak_streaming == 4, "every panel's answer streams at the same time"
 
 
+def test_a_hidden_panel_keeps_its_conversation(fake_server: FakeOpenAI, fake_app: str) -> None:
+    """Three panels answer; with two shown, the third keeps showing its conversation (sent as a value on every update,
+    not left to Gradio); shown again, it continues that conversation."""
+    client = Client(fake_app, verbose=False)
+    ask(client, "First question?", panel(), panel(), panel()).result(timeout=60)
+    chats = ask(client, "Second question?", panel(), panel()).result(timeout=60)[:MAX_PANELS]
+    assert [message_text(turn["content"]) for turn in chats[2]] == ["First question?", "OK."]
+    assert len(chats[0]) == 4, "the shown panels went on"
+    ask(client, "Third question?", panel(), panel(), panel()).result(timeout=60)
+    third = [[turn["content"] for turn in request["messages"]] for request in fake_server.requests[-3:]]
+    assert ["First question?", "OK.", "Third question?"] in third, "the third panel's request"
+
+
+def test_an_answer_shows_as_it_ends_and_its_term_check_follows(fake_server: FakeOpenAI, fake_app: str) -> None:
+    """Judging runs beside the stream, not in its way: the update that first carries a panel's stats line (its end)
+    has no term check yet; a later one adds it. Judging inline (before showing the end) fails the first check."""
+    fake_server.script("base", "Acme Unlimited is $45 per month with autopay.", chunks=4, delay_s=0.05)
+    client = Client(fake_app, verbose=False)
+    job = ask(client, "How much is Acme Unlimited per month?", panel(), panel())
+    final = job.result(timeout=120)
+    for index in range(2):
+        stats, marks = MAX_PANELS + index, 2 * MAX_PANELS + index
+        ended = next(update for update in job.outputs() if update[stats])
+        assert not ended[marks], f"panel {index}: its end waited for the judge"
+        assert final[marks] and "Term check" in final[marks], f"panel {index}: the term check came after"
+
+
 async def test_preset_sets_up_the_classic_comparison(ui_client: Client, shipped_adapters: list[str]) -> None:
     status, count, _examples, question, *fields = ui_client.predict("legal", "classic four-way", "",
                                                                     api_name="/apply_preset")  # fmt: skip

@@ -32,13 +32,19 @@ def chat_turns(history: Sequence[Turn], question: str, answer: PanelAnswer) -> l
     return [*history, {"role": "user", "content": question}, {"role": "assistant", "content": answer.text}]
 
 
+def shown_turns(history: Sequence[Turn]) -> list[Turn]:
+    """A conversation as the Chatbot shows it: every turn made inert."""
+    return [{"role": turn["role"], "content": inert_markdown(turn["content"])} for turn in history]
+
+
 def shown_chat(history: Sequence[Turn], question: str, answer: PanelAnswer) -> list[Turn]:
-    """What the Chatbot shows: every turn made inert, and the answer's error (if any) under it."""
-    turns = [{"role": turn["role"], "content": inert_markdown(turn["content"])} for turn in history]
+    """What the Chatbot shows while and after answering: the conversation, the question, and the answer with its
+    error (if any) under it, all inert."""
     text = inert_markdown(answer.text)
     if answer.error:
         text = f"{text}\n\n⚠️ {inert_markdown(answer.error)}".strip()
-    return [*turns, {"role": "user", "content": inert_markdown(question)}, {"role": "assistant", "content": text}]
+    return [*shown_turns(history), {"role": "user", "content": inert_markdown(question)},
+            {"role": "assistant", "content": text}]  # fmt: skip
 
 
 def stats_line(answer: PanelAnswer, prices: tuple[float, float]) -> str:
