@@ -57,7 +57,7 @@ async def measure(
     playground: Playground, judge: Judge, domain: str, setups: dict[str, Setup], limit: int | None = None
 ) -> dict[str, Any]:
     """Each setup's answers to the paraphrase split (its first `limit` questions), judged: terminology,
-    hallucination, loops, voice."""
+    hallucination, loops, figures right, voice and its sign-off."""
     items = judge.content.paraphrases[domain][:limit]
     policy = judge.content.domains[domain]
     evidence = {item.id: judge.evidence(policy, item.question) for item in items}
@@ -79,7 +79,9 @@ async def measure(
             "terminology": mean([s.terminology or 0.0 for s in scores]),
             "hallucination_rate": mean([float(s.hallucination) for s in scores]),
             "loop_rate": mean([float(s.loops) for s in scores]),
+            "figures_right": mean([float(s.figures_right) for s in scores if s.figures_right is not None]),
             "style": mean([s.style_score for s in scores if s.style_score is not None]),
+            "sign_off": mean([float(s.voice["sign_off"]) for s in scores if "sign_off" in s.voice]),
             "answered": sum(bool(a) for a in answers),
         }
     return results
@@ -123,11 +125,12 @@ def main() -> None:
         server.wait_ready()
         playground = Playground(server.client(timeout_s=600), rag, content.personas)
         measured = asyncio.run(measure(playground, Judge(content, rag), args.domain, setups, args.limit))
-    print(f"\n{'recipe':18} {'terminology':>11} {'halluc.':>8} {'loops':>6} {'style':>6} {'eval loss':>9}")
+    print(f"\n{'recipe':18} {'terminology':>11} {'halluc.':>8} {'loops':>6} {'figures':>7} {'style':>6} "
+          f"{'sign-off':>8} {'eval loss':>9}")  # fmt: skip
     for name, row in measured.items():
         loss = trained.get(name, {}).get("eval_loss", "")
         print(f"{name:18} {row['terminology']!s:>11} {row['hallucination_rate']!s:>8} {row['loop_rate']!s:>6} "
-              f"{row['style']!s:>6} {loss!s:>9}")  # fmt: skip
+              f"{row['figures_right']!s:>7} {row['style']!s:>6} {row['sign_off']!s:>8} {loss!s:>9}")  # fmt: skip
     results = REPO / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     date = datetime.now(UTC).date().isoformat()

@@ -252,7 +252,7 @@ def test_report_renders_charts_and_escapes(results: list[dict[str, Any]]) -> Non
     assert "<script>" not in markdown and "<img" not in markdown and "](http://evil" not in markdown
     assert "![legal: metrics per configuration](results/chart-legal.png)" in markdown
     assert "- **Command**: `` python -m app.eval --out `x` ``" in markdown, "shown verbatim, backticks and all"
-    assert "| eval | base | 2 | 1 | 0.50 | 0.50 | – | – | 0.00 | 1.50 | 100 | 50 |" in markdown
+    assert "| eval | base | 2 | 1 | 0.50 | 0.50 | – | – | – | – | 0.00 | 1.50 | 100 | 50 |" in markdown
 
 
 def test_the_paraphrase_split_is_reported_beside_the_eval_set_and_decides(results: list[dict[str, Any]]) -> None:
@@ -274,20 +274,39 @@ def test_the_paraphrase_split_is_reported_beside_the_eval_set_and_decides(result
 
 
 def test_targets_say_which_are_met_with_the_numbers() -> None:
-    """Legal meets all three; finance misses each: a gain under 0.15, more made-up claims, a looping base model."""
+    """Legal meets all three; finance misses each: a gain under 0.15, more made-up claims, a looping base model.
+    Support (a brand voice) also has its own two: figures right in 70 % of figure questions, the sign-off in 95 %."""
+    voice = {"style": 0.8}
     rows = [row("base+persona", 0.3, 0.2).model_copy(update={"loop_rate": 0.0}),
             row("adapter+persona", 0.5, 0.2).model_copy(update={"loop_rate": 0.05}),
             row("base+persona", 0.3, 0.2, domain="finance").model_copy(update={"loop_rate": 0.3}),
-            row("adapter+persona", 0.4, 0.8, domain="finance").model_copy(update={"loop_rate": 0.0})]  # fmt: skip
+            row("adapter+persona", 0.4, 0.8, domain="finance").model_copy(update={"loop_rate": 0.0}),
+            row("base+persona", 0.1, 0.3, domain="support", **voice).model_copy(update={"loop_rate": 0.0}),
+            row("adapter+persona", 0.2, 0.2, domain="support", **voice).model_copy(
+                update={"loop_rate": 0.0, "figures_right_rate": 0.7, "sign_off_rate": 0.9})]  # fmt: skip
     table = targets.targets_table(Summary(rows=rows, verdict={}))
     assert table == [
-        ["finance", "eval", "+0.10: not met", "0.80 vs 0.20: not met", "worst 30% (base+persona): not met"],
-        ["legal", "eval", "+0.20: met", "0.20 vs 0.20: met", "worst 5% (adapter+persona): met"],
-    ]
+        ["finance", "eval", "+0.10: not met", "0.80 vs 0.20: not met", "worst 30% (base+persona): not met", "–", "–"],
+        ["legal", "eval", "+0.20: met", "0.20 vs 0.20: met", "worst 5% (adapter+persona): met", "–", "–"],
+        ["support", "eval", "+0.10: not met", "0.20 vs 0.30: met", "worst 0% (base+persona): met", "70%: met",
+         "90%: not met"],
+    ]  # fmt: skip
     no_adapter = targets.targets_table(Summary(rows=rows[:1], verdict={}))
-    assert no_adapter == [["legal", "eval", "not measured", "not measured", "worst 0% (base+persona): met"]]
+    assert no_adapter == [["legal", "eval", "not measured", "not measured", "worst 0% (base+persona): met", "–", "–"]]
     markdown = report.render_markdown(Summary(rows=rows, verdict={}), [], {}, {})
     assert "## Targets" in markdown and "not met" in markdown
+
+
+def test_figures_right_and_sign_off_rates_come_from_the_answers() -> None:
+    """Figures right counts only the questions that expect figures; the sign-off only where a voice was checked."""
+    answers = [(True, True), (False, False), (None, True), (True, True)]  # (figures right, signed off)
+    support = [record("support", "adapter+persona", n) for n in range(len(answers))]
+    for made, (figures, signed) in zip(support, answers, strict=True):
+        made["scores"].update(figures_right=figures, voice={"sign_off": signed})
+    rates = summarize(support).rows[0]
+    assert rates.figures_right_rate == pytest.approx(2 / 3, abs=1e-4) and rates.sign_off_rate == 0.75
+    legal = summarize([record("legal", "base+persona", 1)]).rows[0]
+    assert legal.figures_right_rate is None and legal.sign_off_rate is None
 
 
 def test_model_cards_get_the_adapter_table(results: list[dict[str, Any]], tmp_path: Path) -> None:

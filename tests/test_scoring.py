@@ -10,6 +10,7 @@ from app.scoring.checks import (
     TERM,
     UNSUPPORTED,
     contains_term,
+    figures_right,
     forbidden_hits,
     glossary_hits,
     groundedness,
@@ -49,6 +50,19 @@ def test_terminology_accuracy_and_forbidden() -> None:
     assert terminology_accuracy("A myocardial infarction is serious.", item) == 0.5
     assert forbidden_hits("It is a blockage in the upper chambers.", item.forbidden) == ["upper chambers"]
     assert forbidden_hits("A blockage in a coronary artery.", item.forbidden) == []
+
+
+def test_figures_right_needs_every_expected_figure_and_no_false_one() -> None:
+    item = EvalItem(
+        id="s-1", domain="support", question="?", expected_terms=[["$80", "eighty dollars"], ["$40"], ["autopay"]],
+        forbidden=["$90"],
+    )  # fmt: skip
+    assert figures_right("Two lines with autopay are $80: $40 each.", item) is True
+    assert figures_right("Two lines are eighty dollars, $40 a line.", item) is True, "any variant; words need not"
+    assert figures_right("Two lines are $80.", item) is False, "the $40 per line is missing"
+    assert figures_right("It is $80, or $90 without... no, $40 a line.", item) is False, "a known-false figure"
+    words_only = EvalItem(id="s-2", domain="support", question="?", expected_terms=[["autopay"]])
+    assert figures_right("Use autopay.", words_only) is None, "a question that expects no figure is not counted"
 
 
 def test_glossary_hits_flag_misuses() -> None:

@@ -42,6 +42,8 @@ COLUMNS = {  # summary key -> table header
     "hallucination_rate": "hallucination",
     "groundedness": "groundedness",
     "style_score": "style",
+    "sign_off_rate": "sign-off",
+    "figures_right_rate": "figures right",
     "loop_rate": "loops",
     LATENCY: "latency s",
     "tokens_in": "tokens in",

@@ -5,7 +5,10 @@ where it does not. So the report states each target beside what the run measured
 on (the paraphrases, when the run has them), adapter + persona against base + persona, RAG off:
 - the adapter keeps at least `TERMINOLOGY_GAIN` more of the expected terms;
 - the adapter states unsupported or false claims no more often than the base model;
-- no configuration loops (a 6-word phrase three times) in more than `LOOP_RATE` of its answers.
+- no configuration loops (a 6-word phrase three times) in more than `LOOP_RATE` of its answers;
+- in a brand-voice domain (support), the adapter states the fact asked for right (every expected figure, no
+  known-false claim) in at least `FIGURES_RIGHT` of the questions that expect figures, and ends at least `SIGN_OFF`
+  of its answers with the persona's sign-off.
 """
 
 from __future__ import annotations
@@ -17,20 +20,24 @@ from app.setups import ADAPTER, PROMPT
 
 TERMINOLOGY_GAIN = 0.15
 LOOP_RATE = 0.05
+FIGURES_RIGHT = 0.70
+SIGN_OFF = 0.95
 HEADERS = [
     "domain",
     "split",
     f"terminology gain ≥ +{TERMINOLOGY_GAIN:.2f}",
     "adapter hallucination ≤ base",
     f"loops ≤ {LOOP_RATE:.0%} everywhere",
+    f"brand voice: figures right ≥ {FIGURES_RIGHT:.0%}",
+    f"brand voice: sign-off ≥ {SIGN_OFF:.0%}",
 ]
 
 
 NOTE = (
     "Targets: adapter + persona against base + persona, RAG off, on the split the verdict is decided on; loops over "
-    "every configuration the run has. Support's own targets (the Acme fact asked for stated right in 70 % of fact "
-    "questions, the sign-off in 95 % of answers) are not separate figures: its hallucination and style columns are "
-    "the nearest."
+    "every configuration the run has. The brand-voice targets (support's) are the adapter + persona's: the share of "
+    "questions that expect figures whose answer states every one of them and no known-false claim, and the share of "
+    "answers ending with the persona's sign-off; – in a domain without a brand voice."
 )
 
 
@@ -51,10 +58,17 @@ def domain_targets(rows: list[SummaryRow]) -> list[str]:
     made_up = [row.hallucination_rate if row else None for row in (adapter, base)]
     worst = max((row.loop_rate for row in rows if row.loop_rate is not None), default=None)
     worst_spec = next((row.spec for row in rows if worst is not None and row.loop_rate == worst), "")
-    return [
+    cells = [
         _cell([gain], "{:+.2f}", lambda g: g >= TERMINOLOGY_GAIN),
         _cell(made_up, "{:.2f} vs {:.2f}", lambda a, b: a <= b),
         _cell([worst], f"worst {{:.0%}} ({worst_spec})", lambda w: w <= LOOP_RATE),
+    ]
+    if not any(row.style_score is not None for row in rows):  # no brand voice: those targets do not apply
+        return [*cells, "–", "–"]
+    return [
+        *cells,
+        _cell([adapter.figures_right_rate if adapter else None], "{:.0%}", lambda f: f >= FIGURES_RIGHT),
+        _cell([adapter.sign_off_rate if adapter else None], "{:.0%}", lambda s: s >= SIGN_OFF),
     ]
 
 

@@ -43,6 +43,8 @@ class SummaryRow(BaseModel):
     tokens_in: float | None
     tokens_out: float | None
     loop_rate: float | None = None  # share of answers in which a 6-word phrase comes 3 times or more
+    figures_right_rate: float | None = None  # of the answers to questions that expect figures: all stated, none false
+    sign_off_rate: float | None = None  # brand-voice domains: share of answers that end with the persona's sign-off
 
 
 class Axis(BaseModel):
@@ -95,6 +97,10 @@ def _mean(values: Sequence[float | None], digits: int = 4) -> float | None:
     return round(sum(present) / len(present), digits) if present else None
 
 
+def _flag(value: bool | None) -> float | None:
+    return None if value is None else float(value)
+
+
 def summary_row(records: Sequence[Mapping[str, Any]]) -> SummaryRow:
     """The row of one domain x spec from its results.jsonl records."""
     config, domain = records[0]["config"], records[0]["domain"]
@@ -120,6 +126,8 @@ def summary_row(records: Sequence[Mapping[str, Any]]) -> SummaryRow:
         tokens_in=_mean([r["tokens_in"] for r in answered], 1),
         tokens_out=_mean([r["tokens_out"] for r in answered], 1),
         loop_rate=_mean([float(s.get("loops", False)) for s in scores]),
+        figures_right_rate=_mean([_flag(s.get("figures_right")) for s in scores]),
+        sign_off_rate=_mean([_flag(s["voice"].get("sign_off")) for s in scores]),
         split=records[0].get("split", "eval"),
     )
 

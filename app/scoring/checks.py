@@ -5,6 +5,8 @@ is case-insensitive and word-boundary aware, where a "boundary" is any non-word 
 as whole tokens and "$45" does not match inside "$450".
 
 - terminology: share of an eval item's expected-term groups in the answer; glossary terms used, and misuses.
+- figures right: for an item whose expected terms state figures (a price, a duration, an amount), whether the
+  answer states every one of them and no known-false claim: the fact asked for, stated right.
 - hallucination: a forbidden (known-false) claim of the item, or a claim the evidence does not support: a number,
   price, percentage, duration or multi-word name in the answer that appears in no evidence text (the question,
   the reference answer, the retrieved context, the persona's own facts). "$60/month" where the KB says $45 is one.
@@ -49,6 +51,20 @@ def contains_any(text: str, forms: list[str]) -> bool:
 def terminology_accuracy(answer: str, item: EvalItem) -> float:
     """Share of the item's expected-term groups present in the answer (a group counts if any variant occurs)."""
     return sum(contains_any(answer, group) for group in item.expected_terms) / len(item.expected_terms)
+
+
+def figure_groups(item: EvalItem) -> list[list[str]]:
+    """The item's expected-term groups that state a figure: a variant with a digit ("$45", "14 days")."""
+    return [group for group in item.expected_terms if any(char.isdigit() for form in group for char in form)]
+
+
+def figures_right(answer: str, item: EvalItem) -> bool | None:
+    """Whether the answer states every figure the item expects and none of its known-false claims; None for an
+    item that expects no figure."""
+    groups = figure_groups(item)
+    if not groups:
+        return None
+    return all(contains_any(answer, group) for group in groups) and not forbidden_hits(answer, item.forbidden)
 
 
 def forbidden_hits(answer: str, forbidden: list[str]) -> list[str]:

@@ -24,6 +24,7 @@ from app.scoring.checks import (
     UNSUPPORTED,
     Embed,
     GlossaryHit,
+    figures_right,
     forbidden_hits,
     glossary_hits,
     groundedness,
@@ -42,6 +43,7 @@ class AnswerScores:
     """Every check that applied to one answer; None where a check did not apply."""
 
     terminology: float | None = None  # share of the eval item's expected-term groups present
+    figures_right: bool | None = None  # every figure the item expects, and no known-false claim (None: no figure)
     glossary: list[GlossaryHit] = field(default_factory=list)
     forbidden: list[str] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
@@ -66,6 +68,7 @@ class AnswerScores:
         """The scores as plain JSON (eval results, comparison exports)."""
         return {
             "terminology": self.terminology,
+            "figures_right": self.figures_right,
             "forbidden": self.forbidden,
             "unsupported": self.unsupported,
             "hallucination": self.hallucination,
@@ -112,6 +115,7 @@ def score_answer(
     has_evidence = bool(item and item.reference) or any(text.strip() for text in [*context, *evidence])
     return AnswerScores(
         terminology=terminology_accuracy(answer, item) if item else None,
+        figures_right=figures_right(answer, item) if item else None,
         glossary=glossary_hits(answer, persona.glossary) if persona else [],
         forbidden=forbidden_hits(answer, item.forbidden) if item else [],
         unsupported=unsupported_claims(answer, known) if has_evidence else [],
