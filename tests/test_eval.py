@@ -453,7 +453,8 @@ def test_cli_starts_its_own_server_and_uses_its_key(server_settings: Settings, t
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["spec"], bool(r["answer"]), r.get("error")) for r in lines] == [("base", True, None)], lines
-    assert "started by this run" in json.loads((out / "run.json").read_text())["server"]
+    server = json.loads((out / "run.json").read_text())["server"]
+    assert "started by this run" in server and "torch.compile off" in server, "the serving mode the latencies measure"
 
 
 def test_cli_end_to_end_and_resume(

@@ -261,7 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    where = f"{settings.vllm.base_url} ({'started by this run' if server else 'external'})"
+    # Latencies depend on how the server runs: say which mode measured them (an external server's is not known).
+    mode = f"started by this run, LoRA on, torch.compile {'on' if settings.vllm.compile else 'off'} (vllm.compile)"
+    where = f"{settings.vllm.base_url} ({mode if server else 'external: its serving mode is not known here'})"
     volatile = sorted(name for name, domain in content.domains.items() if domain.facts_change_often)
     meta = run_meta(args, run, server=where, wall_s=time.monotonic() - started, argv=argv, volatile=volatile)
     written = write_outputs(
