@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import re
@@ -55,7 +54,7 @@ from app.serving.process import VLLMServer
 from app.setups import RECOMMENDED
 from app.ui.compare import MAX_PANELS
 from app.ui.panel import FIELDS
-from bench.bench_serving import PROMPTS, client_for, free_port, machine, server_for, start
+from bench.bench_serving import PROMPTS, client_for, free_port, machine, machine_line, save, server_for, start
 
 REPO = Path(__file__).resolve().parent.parent
 APP_START_S = 300
@@ -315,11 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(all_cases, samples)
     result = {"label": args.label, "tokens": args.tokens, "rounds": args.rounds, "machine": info, "rows": rows,
               "samples": samples}  # fmt: skip
-    args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"{args.label}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = save(args.results, args.label, result)
     print(f"\nat most {args.tokens} tokens an answer, greedy, median of {args.rounds} interleaved rounds")
-    print(f"{info['description']}; load average {info['loadavg_start'][0]:.2f} -> {info['loadavg_end'][0]:.2f}")
+    print(machine_line(info))
     print(table(rows))
     print(f"\nCPU seconds used during a case (median)\n{cpu_table(rows)}")
     print(f"\nwritten: {out}")

@@ -170,6 +170,19 @@ def machine() -> dict[str, Any]:
     }
 
 
+def save(folder: Path, label: str, result: dict[str, Any]) -> Path:
+    """A benchmark's result (figures, every sample, the machine) as <folder>/<label>.json; its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{label}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return out
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    """The machine and how loaded it was, from start to end of the run."""
+    return f"{info['description']}; load average {info['loadavg_start'][0]:.2f} -> {info['loadavg_end'][0]:.2f}"
+
+
 def client_for(server: VLLMServer, timeout_s: float = 600) -> openai.AsyncOpenAI:
     """An OpenAI client on `server` that never retries: a failed request must show in the figures, not be hidden."""
     return openai.AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0, timeout=timeout_s)
@@ -329,11 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "samples": samples,
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"{args.label}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = save(args.results, args.label, result)
     print(f"\n{args.tokens} forced new tokens, greedy, median of {args.rounds} interleaved rounds")
-    print(f"{info['description']}; load average {info['loadavg_start'][0]:.2f} -> {info['loadavg_end'][0]:.2f}")
+    print(machine_line(info))
     print(table(rows))
     print(f"\nwritten: {out}")
     return 0
