@@ -131,6 +131,15 @@ BENCH_APP_LABEL ?= app-latest
 bench-app: model
 	$(PY) bench/bench_app.py --label $(BENCH_APP_LABEL) $(BENCH_ARGS)
 
+# Serving choices (bench/serving_choices.py): our server with one flag or library changed (max-loras, max-lora-rank,
+# KV cache, dtype, tcmalloc / Intel OpenMP preload) and a merged dedicated model, each beside a server without LoRA;
+# a table on stdout and bench/results/$(BENCH_CHOICES_LABEL).json. ~35 min on 2 CPU cores. The preload variants
+# need Debian's libtcmalloc-minimal4.
+.PHONY: bench-choices
+BENCH_CHOICES_LABEL ?= choices-latest
+bench-choices: model
+	$(PY) bench/serving_choices.py --label $(BENCH_CHOICES_LABEL) $(BENCH_ARGS)
+
 # Where a decoding step's time goes (bench/profile_serving.py): vLLM's torch profiler around one run of four benchmark
 # cases (base without LoRA, base on our server, one adapter, four adapters); bench/results/profile-<date>.json.
 .PHONY: profile

@@ -46,15 +46,23 @@ from gradio_client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from app.adapters.validate import discover_adapters
 from app.inert import md_table
-from app.model_prep import DEFAULT_OUT, prepare
 from app.prompts import build_messages, message_text
 from app.serving.process import VLLMServer
 from app.setups import RECOMMENDED
 from app.ui.compare import MAX_PANELS
 from app.ui.panel import FIELDS
-from bench.bench_serving import PROMPTS, client_for, free_port, machine, machine_line, save, server_for, start
+from bench.bench_serving import (
+    PROMPTS,
+    client_for,
+    free_port,
+    machine,
+    machine_line,
+    model_and_adapters,
+    save,
+    server_for,
+    start,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 APP_START_S = 300
@@ -286,9 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     users = [int(n) for n in args.users.split(",") if n.strip()]
 
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    model_dir = prepare(REPO / DEFAULT_OUT)
-    adapters = discover_adapters(REPO / "adapters")
+    model_dir, adapters = model_and_adapters(parser)
     if len(adapters) < 3:
         parser.error("the four-panel case needs three adapters under adapters/")
     all_cases = cases(sorted(adapters), users)

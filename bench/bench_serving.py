@@ -193,27 +193,12 @@ def start(server: VLLMServer, timeout_s: float) -> None:
     server.wait_ready(timeout_s=timeout_s, progress=False)
 
 
-def settings_for(
-    model_dir: Path,
-    data: Path,
-    kv_cache_gib: float,
-    extra_args: Sequence[str] = (),
-    *,
-    compile: bool = False,
-    cpu_cores: str | None = None,
-) -> Settings:
-    return load_settings(
-        None,
-        {
-            "model.path": str(model_dir),
-            "vllm.port": free_port(),
-            "vllm.kv_cache_gib": kv_cache_gib,
-            "vllm.extra_args": list(extra_args),
-            "vllm.compile": compile,
-            "vllm.cpu_cores": cpu_cores,
-            "paths.data": str(data),
-        },
-    )
+def settings_for(model_dir: Path, data: Path, overrides: dict[str, Any], extra_args: Sequence[str] = ()) -> Settings:
+    """A benchmark server's settings: `model_dir` on a free loopback port, its files under `data`, plus `overrides`
+    (dotted keys, e.g. {"vllm.kv_cache_gib": 1.0})."""
+    fixed = {"model.path": str(model_dir), "vllm.port": free_port(), "vllm.extra_args": list(extra_args),
+             "paths.data": str(data)}  # fmt: skip
+    return load_settings(None, fixed | overrides)
 
 
 def server_for(
@@ -227,9 +212,8 @@ def server_for(
     cpu_cores: str | None = None,
 ) -> VLLMServer:
     """One of SERVERS, its files under data/name: the no-LoRA reference, ours as `make run` starts it, or compiled."""
-    settings = settings_for(
-        model_dir, data / name, kv_cache_gib, extra_args, compile=name == "compiled", cpu_cores=cpu_cores
-    )
+    overrides = {"vllm.kv_cache_gib": kv_cache_gib, "vllm.compile": name == "compiled", "vllm.cpu_cores": cpu_cores}
+    settings = settings_for(model_dir, data / name, overrides, extra_args)
     if name == "nolora":
         return NoLoRAServer(settings, adapters={})
     return VLLMServer(settings, adapters=adapters)
@@ -283,6 +267,17 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(md_table(headers, cells))
 
 
+def model_and_adapters(parser: argparse.ArgumentParser) -> tuple[Path, dict[str, Path]]:
+    """The embedded model (prepared if missing) and the shipped adapters; vLLM's processes will import this
+    checkout's plugin (by its entry point), not an installed copy."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    model_dir = prepare(REPO / DEFAULT_OUT)
+    adapters = discover_adapters(REPO / "adapters")
+    if not adapters:
+        parser.error("no adapters under adapters/")
+    return model_dir, adapters
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=96, help="new tokens per request (forced)")
@@ -299,12 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if chosen - set(SERVERS):
         parser.error(f"--servers: unknown {sorted(chosen - set(SERVERS))}; choose from {', '.join(SERVERS)}")
 
-    # vLLM's processes import our plugin by its entry point: make them import this checkout's copy.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    model_dir = prepare(REPO / DEFAULT_OUT)
-    adapters = discover_adapters(REPO / "adapters")
-    if not adapters:
-        parser.error("no adapters under adapters/")
+    model_dir, adapters = model_and_adapters(parser)
     all_cases = [case for case in cases(sorted(adapters)) if case.server in chosen]
     info = machine() | {"cpu_cores": args.cpu_cores}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
