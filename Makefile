@@ -131,6 +131,13 @@ BENCH_APP_LABEL ?= app-latest
 bench-app: model
 	$(PY) bench/bench_app.py --label $(BENCH_APP_LABEL) $(BENCH_ARGS)
 
+# The Compare tab's classic four-way through the app, our LoRA ops against vLLM's own (bench/classic_four_way.py):
+# each domain's first example, two servers and two apps; bench/results/$(BENCH_CLASSIC_LABEL).json. ~15 min.
+.PHONY: bench-classic
+BENCH_CLASSIC_LABEL ?= classic-latest
+bench-classic: model
+	$(PY) bench/classic_four_way.py --label $(BENCH_CLASSIC_LABEL) $(BENCH_ARGS)
+
 # Serving choices (bench/serving_choices.py): our server with one flag or library changed (max-loras, max-lora-rank,
 # KV cache, dtype, tcmalloc / Intel OpenMP preload) and a merged dedicated model, each beside a server without LoRA;
 # a table on stdout and bench/results/$(BENCH_CHOICES_LABEL).json. ~35 min on 2 CPU cores. The preload variants

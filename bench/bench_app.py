@@ -49,9 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from app.inert import md_table
 from app.prompts import build_messages, message_text
 from app.serving.process import VLLMServer
-from app.setups import RECOMMENDED
+from app.setups import RECOMMENDED, Setup
 from app.ui.compare import MAX_PANELS
-from app.ui.panel import FIELDS
+from app.ui.panel import FIELDS, NO_PERSONA
 from bench.bench_serving import (
     PROMPTS,
     client_for,
@@ -74,7 +74,8 @@ WAYS = ("raw", "app")
 class Case:
     name: str
     users: int
-    models: tuple[str, ...]  # each user's panels
+    panels: tuple[Setup, ...]  # each user's panels (greedy, at most --tokens, the app's repetition controls)
+    question: str | None = None  # one question for every user; None: each user its own (question_of)
 
 
 @dataclass
@@ -87,29 +88,35 @@ class Answer:
 
 
 def cases(adapters: list[str], users: list[int]) -> list[Case]:
-    four = ("base", *adapters[:3])
-    return [Case("four_panels", 1, four)] + [Case(f"users{n}", n, ("base", adapters[0])) for n in users]
+    four = (Setup(), *(Setup(adapter=name) for name in adapters[:3]))
+    pair = (Setup(), Setup(adapter=adapters[0]))
+    return [Case("four_panels", 1, four)] + [Case(f"users{n}", n, pair) for n in users]
 
 
-def question_of(user: int) -> str:
-    return PROMPTS[user % len(PROMPTS)]
+def question_of(case: Case, user: int) -> str:
+    return case.question or PROMPTS[user % len(PROMPTS)]
 
 
-def panel_values(model: str, tokens: int) -> list[Any]:
+def model_of(setup: Setup) -> str:
+    return setup.adapter or "base"
+
+
+def panel_values(setup: Setup, tokens: int) -> list[Any]:
     """A Compare panel's inputs in app.ui.panel.FIELDS order (its conversation is session State, not an input)."""
-    values = {"model": model, "persona": "none", "system_prompt": "", "temperature": 0.0, "top_p": 1.0,
-              "max_tokens": tokens, "seed": "", **RECOMMENDED, "use_rag": False, "kb": None}  # fmt: skip
+    values = {"model": model_of(setup), "persona": setup.persona or NO_PERSONA, "system_prompt": "",
+              "temperature": 0.0, "top_p": 1.0, "max_tokens": tokens, "seed": "", **RECOMMENDED,
+              "use_rag": setup.rag is not None, "kb": setup.rag}  # fmt: skip
     return [values[name] for name in FIELDS if name != "history"]
 
 
 async def raw_answer(client: openai.AsyncOpenAI, model: str, question: str, tokens: int, asked: float) -> Answer:
     """One streamed chat completion with the settings a panel sends (app.serving.client.ServingClient.stream_chat)."""
     answer = Answer()
-    extra = {"extra_body": {"repetition_penalty": RECOMMENDED["repetition_penalty"]}}
     stream = await client.chat.completions.create(
         model=model, messages=build_messages(None, [], question), temperature=0.0, top_p=1.0, max_tokens=tokens,
         frequency_penalty=RECOMMENDED["frequency_penalty"], presence_penalty=RECOMMENDED["presence_penalty"],
-        stream=True, stream_options={"include_usage": True}, **extra,
+        stream=True, stream_options={"include_usage": True},
+        extra_body={"repetition_penalty": RECOMMENDED["repetition_penalty"]},
     )  # fmt: skip
     async with stream:
         async for chunk in stream:
@@ -123,7 +130,9 @@ async def raw_answer(client: openai.AsyncOpenAI, model: str, question: str, toke
 
 async def run_raw(server: VLLMServer, case: Case, tokens: int) -> list[Answer]:
     """Every request of the case at once, on a client of this event loop (each case runs its own)."""
-    requests = [(model, question_of(user)) for user in range(case.users) for model in case.models]
+    if any(setup.persona or setup.rag for setup in case.panels):
+        raise ValueError(f"{case.name}: raw requests have no persona or RAG; measure such panels through the app")
+    requests = [(model_of(setup), question_of(case, user)) for user in range(case.users) for setup in case.panels]
     async with client_for(server) as client:
         asked = time.perf_counter()
         return list(await asyncio.gather(*(raw_answer(client, m, q, tokens, asked) for m, q in requests)))
@@ -131,12 +140,12 @@ async def run_raw(server: VLLMServer, case: Case, tokens: int) -> list[Answer]:
 
 def app_user(client: Client, case: Case, user: int, *, tokens: int, asked: float) -> list[Answer]:
     """Ask one question with the case's panels; when each panel's first text and its stats line (its end) arrive."""
-    panels = [panel_values(model, tokens) for model in case.models]
-    panels += [panel_values("base", tokens)] * (MAX_PANELS - len(panels))  # hidden panels: not asked
+    panels = [panel_values(setup, tokens) for setup in case.panels]
+    panels += [panel_values(Setup(), tokens)] * (MAX_PANELS - len(panels))  # hidden panels: not asked
     values = [value for inputs in panels for value in inputs]
     client.reset_session()  # a new conversation: each panel keeps its turns in session State, and raw has none
-    job = client.submit(question_of(user), None, len(case.models), *values, api_name="/answer_all")
-    answers = [Answer() for _ in case.models]
+    job = client.submit(question_of(case, user), None, len(case.panels), *values, api_name="/answer_all")
+    answers = [Answer() for _ in case.panels]
     for update in job:
         now = time.perf_counter() - asked
         for index, answer in enumerate(answers):
@@ -216,7 +225,7 @@ def measure(
 def summarise(all_cases: list[Case], samples: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     rows = []
     for case in all_cases:
-        row: dict[str, Any] = {"case": case.name, "users": case.users, "panels": len(case.models)}
+        row: dict[str, Any] = {"case": case.name, "users": case.users, "panels": len(case.panels)}
         for way in WAYS:
             for key in ("ttft_s", "decode_tokens_per_s", "wall_s", "p95_s", "tokens_per_s"):
                 row[f"{way}_{key}"] = round(statistics.median(s[key] for s in samples[f"{case.name}_{way}"]), 3)

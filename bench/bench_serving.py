@@ -86,6 +86,17 @@ class NoLoRAServer(VLLMServer):
         return result
 
 
+class ServerWithEnv(VLLMServer):
+    """Our server with variables added to its environment (a library preloaded, another LoRA ops choice)."""
+
+    def __init__(self, *args: Any, env: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.extra_env = env
+
+    def environment(self) -> dict[str, str]:
+        return super().environment() | self.extra_env
+
+
 @dataclass(frozen=True)
 class Case:
     name: str

@@ -40,6 +40,7 @@ from bench.bench_serving import (
     PROMPTS,
     Case,
     NoLoRAServer,
+    ServerWithEnv,
     client_for,
     machine,
     machine_line,
@@ -79,17 +80,6 @@ VARIANTS = (
 NAMES = [variant.name for variant in VARIANTS]
 
 
-class PreloadServer(VLLMServer):
-    """Our server with libraries preloaded (vLLM's CPU guide recommends tcmalloc and Intel OpenMP)."""
-
-    def __init__(self, *args: Any, preload: tuple[str, ...], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.preload = preload
-
-    def environment(self) -> dict[str, str]:
-        return super().environment() | {"LD_PRELOAD": ":".join(self.preload)}
-
-
 def merge(model_dir: Path, adapter_dir: Path, out: Path) -> Path:
     """`adapter_dir` folded into the base weights by PEFT (bfloat16, as served), with the base's tokenizer files."""
     import torch
@@ -118,7 +108,7 @@ def variant_server(variant: Variant, model_dir: Path, data: Path, kv_cache_gib: 
         missing = [lib for lib in variant.preload if not Path(lib).exists()]
         if missing:
             raise FileNotFoundError(f"{variant.name}: no {', '.join(missing)} (apt install libtcmalloc-minimal4)")
-        return PreloadServer(settings, adapters=adapters, preload=variant.preload)
+        return ServerWithEnv(settings, adapters=adapters, env={"LD_PRELOAD": ":".join(variant.preload)})
     return VLLMServer(settings, adapters=adapters)
 
 
