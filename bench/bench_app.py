@@ -24,7 +24,6 @@ interval (app.ui.compare_round.UPDATE_EVERY_S); the raw ones are when the stream
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import random
@@ -54,12 +53,12 @@ from app.ui.compare import MAX_PANELS
 from app.ui.panel import FIELDS, NO_PERSONA
 from bench.bench_serving import (
     PROMPTS,
+    bench_parser,
     client_for,
     free_port,
     machine,
-    machine_line,
     model_and_adapters,
-    save,
+    report,
     server_for,
     start,
 )
@@ -292,14 +291,10 @@ def start_app(vllm_url: str, api_key: str, data: Path, log: Path) -> tuple[subpr
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__ or "", label="app-", kv_cache_gib=2.0)
     parser.add_argument("--tokens", type=int, default=128, help="most tokens per answer (greedy, so the same each way)")
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds after one warm-up round")
     parser.add_argument("--users", default="1,2,4,8", help="numbers of users asking at once, two panels each")
-    parser.add_argument("--label", default=time.strftime("app-%Y%m%d-%H%M%S"), help="name of the JSON in --results")
-    parser.add_argument("--results", type=Path, default=REPO / "bench" / "results", help="folder for the JSON")
-    parser.add_argument("--kv-cache-gib", type=float, default=2.0, help="KV cache of the vLLM server")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the case order")
     args = parser.parse_args(argv)
     users = [int(n) for n in args.users.split(",") if n.strip()]
 
@@ -325,17 +320,10 @@ def main(argv: list[str] | None = None) -> int:
                 app.terminate()
                 app.wait(30)
             server.stop()
-    info["loadavg_end"] = os.getloadavg()
     rows = summarise(all_cases, samples)
-    result = {"label": args.label, "tokens": args.tokens, "rounds": args.rounds, "machine": info, "rows": rows,
-              "samples": samples}  # fmt: skip
-    out = save(args.results, args.label, result)
-    print(f"\nat most {args.tokens} tokens an answer, greedy, median of {args.rounds} interleaved rounds")
-    print(machine_line(info))
-    print(table(rows))
-    print(f"\nCPU seconds used during a case (median)\n{cpu_table(rows)}")
-    print(f"\nwritten: {out}")
-    return 0
+    heading = f"at most {args.tokens} tokens an answer, greedy, median of {args.rounds} interleaved rounds"
+    cpu = f"\nCPU seconds used during a case (median)\n{cpu_table(rows)}"
+    return report(args, info, {"rows": rows, "samples": samples}, heading, table(rows), cpu)
 
 
 if __name__ == "__main__":

@@ -181,17 +181,20 @@ def machine() -> dict[str, Any]:
     }
 
 
-def save(folder: Path, label: str, result: dict[str, Any]) -> Path:
-    """A benchmark's result (figures, every sample, the machine) as <folder>/<label>.json; its path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = folder / f"{label}.json"
+def report(args: argparse.Namespace, info: dict[str, Any], figures: dict[str, Any], heading: str, *tables: str) -> int:
+    """Write the run (options, machine with its load at the end, `figures`) to <--results>/<--label>.json, print the
+    heading, the machine and how loaded it was, and the tables."""
+    info["loadavg_end"] = os.getloadavg()
+    result = {"label": args.label, "tokens": args.tokens, "rounds": args.rounds, "machine": info, **figures}
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / f"{args.label}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    return out
-
-
-def machine_line(info: dict[str, Any]) -> str:
-    """The machine and how loaded it was, from start to end of the run."""
-    return f"{info['description']}; load average {info['loadavg_start'][0]:.2f} -> {info['loadavg_end'][0]:.2f}"
+    print(f"\n{heading}")
+    print(f"{info['description']}; load average {info['loadavg_start'][0]:.2f} -> {info['loadavg_end'][0]:.2f}")
+    for text in tables:
+        print(text)
+    print(f"\nwritten: {out}")
+    return 0
 
 
 def client_for(server: VLLMServer, timeout_s: float = 600) -> openai.AsyncOpenAI:
@@ -278,6 +281,16 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(md_table(headers, cells))
 
 
+def bench_parser(doc: str, *, label: str, kv_cache_gib: float) -> argparse.ArgumentParser:
+    """The options every benchmark here shares: where its JSON goes, its servers' KV cache, the seed of its order."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n", maxsplit=1)[0])
+    parser.add_argument("--label", default=time.strftime(f"{label}%Y%m%d-%H%M%S"), help="name of the JSON in --results")
+    parser.add_argument("--results", type=Path, default=REPO / "bench" / "results", help="folder for the JSON")
+    parser.add_argument("--kv-cache-gib", type=float, default=kv_cache_gib, help="KV cache of each vLLM server")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the case order")
+    return parser
+
+
 def model_and_adapters(parser: argparse.ArgumentParser) -> tuple[Path, dict[str, Path]]:
     """The embedded model (prepared if missing) and the shipped adapters; vLLM's processes will import this
     checkout's plugin (by its entry point), not an installed copy."""
@@ -290,14 +303,10 @@ def model_and_adapters(parser: argparse.ArgumentParser) -> tuple[Path, dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__ or "", label="", kv_cache_gib=1.0)
     parser.add_argument("--tokens", type=int, default=96, help="new tokens per request (forced)")
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds after one warm-up round")
-    parser.add_argument("--label", default=time.strftime("%Y%m%d-%H%M%S"), help="name of the JSON in --results")
-    parser.add_argument("--results", type=Path, default=REPO / "bench" / "results", help="folder for the JSON")
-    parser.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache per server (2 servers run)")
     parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds a server may take to start")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the case order")
     parser.add_argument("--servers", default=",".join(SERVERS), help="which of them to start (nolora always)")
     parser.add_argument("--cpu-cores", help="vllm.cpu_cores of every server, e.g. 0-1 (default: vLLM's binding)")
     args = parser.parse_args(argv)
@@ -333,22 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for server in servers.values():
                 server.stop()
-    info["loadavg_end"] = os.getloadavg()
     rows = summarise(all_cases, samples, args.tokens)
-    result = {
-        "label": args.label,
-        "tokens": args.tokens,
-        "rounds": args.rounds,
-        "machine": info,
-        "rows": rows,
-        "samples": samples,
-    }
-    out = save(args.results, args.label, result)
-    print(f"\n{args.tokens} forced new tokens, greedy, median of {args.rounds} interleaved rounds")
-    print(machine_line(info))
-    print(table(rows))
-    print(f"\nwritten: {out}")
-    return 0
+    heading = f"{args.tokens} forced new tokens, greedy, median of {args.rounds} interleaved rounds"
+    return report(args, info, {"rows": rows, "samples": samples}, heading, table(rows))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ changes are in both runs: `make bench-app` measures those against raw vLLM.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import statistics
@@ -37,7 +36,14 @@ from app.serving.vllm_plugin import OPS_ENV
 from app.setups import PRESETS
 from app.ui.presets import preset_setup
 from bench.bench_app import Case, figures, run_app, start_app
-from bench.bench_serving import ServerWithEnv, machine, machine_line, model_and_adapters, save, settings_for
+from bench.bench_serving import (
+    ServerWithEnv,
+    bench_parser,
+    machine,
+    model_and_adapters,
+    report,
+    settings_for,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PRESET = "classic four-way"
@@ -85,22 +91,18 @@ def summarise(all_cases: list[Case], samples: dict[str, list[dict[str, Any]]]) -
 
 def table(rows: list[dict[str, Any]]) -> str:
     headers = ["domain", "vLLM's LoRA ops (before)", "our LoRA ops", "ours / before", "answer tokens before / ours"]
-    cells = [
-        [r["domain"], f"{r['vllm_wall_s']:.2f} s", f"{r['ours_wall_s']:.2f} s", f"{r['ratio']:.2f}",
-         f"{r['vllm_tokens']} / {r['ours_tokens']}"]
-        for r in rows
-    ]  # fmt: skip
-    return "\n".join(md_table(headers, cells))
+
+    def cells(r: dict[str, Any]) -> list[str]:
+        return [r["domain"], f"{r['vllm_wall_s']:.2f} s", f"{r['ours_wall_s']:.2f} s", f"{r['ratio']:.2f}",
+                f"{r['vllm_tokens']} / {r['ours_tokens']}"]  # fmt: skip
+
+    return "\n".join(md_table(headers, [cells(r) for r in rows]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__ or "", label="classic-", kv_cache_gib=1.0)
     parser.add_argument("--tokens", type=int, default=256, help="most tokens per answer (the app's default)")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds after one warm-up round")
-    parser.add_argument("--label", default=time.strftime("classic-%Y%m%d-%H%M%S"), help="name of the JSON")
-    parser.add_argument("--results", type=Path, default=REPO / "bench" / "results", help="folder for the JSON")
-    parser.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache per server (two run)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the case order")
     args = parser.parse_args(argv)
     model_dir, adapters = model_and_adapters(parser)
     all_cases = classic_cases(adapters)
@@ -130,18 +132,10 @@ def main(argv: list[str] | None = None) -> int:
                 app.wait(30)
             for server in servers.values():
                 server.stop()
-    info["loadavg_end"] = os.getloadavg()
     rows = summarise(all_cases, samples)
-    out = save(args.results, args.label, {"label": args.label, "tokens": args.tokens, "rounds": args.rounds,
-                                          "machine": info, "rows": rows, "samples": samples})  # fmt: skip
-    print(
-        f"\n{PRESET}, each domain's first example question, greedy, at most {args.tokens} tokens, "
-        f"median of {args.rounds} rounds: time until all four answers are done"
-    )
-    print(machine_line(info))
-    print(table(rows))
-    print(f"\nwritten: {out}")
-    return 0
+    heading = (f"{PRESET}, each domain's first example question, greedy, at most {args.tokens} tokens, "
+               f"median of {args.rounds} rounds: time until all four answers are done")  # fmt: skip
+    return report(args, info, {"rows": rows, "samples": samples}, heading, table(rows))
 
 
 if __name__ == "__main__":

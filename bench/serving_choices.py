@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import statistics
 import sys
@@ -41,12 +40,12 @@ from bench.bench_serving import (
     Case,
     NoLoRAServer,
     ServerWithEnv,
+    bench_parser,
     client_for,
     machine,
-    machine_line,
     measure,
     model_and_adapters,
-    save,
+    report,
     settings_for,
     start,
 )
@@ -182,14 +181,10 @@ def mark_same_answers(results: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__ or "", label="choices-", kv_cache_gib=1.0)
     parser.add_argument("--tokens", type=int, default=96, help="new tokens per request (forced)")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds per variant after one warm-up")
     parser.add_argument("--only", help="comma-separated variants (default: all): " + ", ".join(NAMES))
-    parser.add_argument("--label", default=time.strftime("choices-%Y%m%d-%H%M%S"), help="name of the JSON")
-    parser.add_argument("--results", type=Path, default=REPO / "bench" / "results", help="folder for the JSON")
-    parser.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache per server (2 servers run)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the case order")
     args = parser.parse_args(argv)
     chosen = [v for v in VARIANTS if not args.only or v.name in args.only.split(",")]
     if args.only and len(chosen) != len(set(args.only.split(","))):
@@ -210,18 +205,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{variant.name}: {results[-1]['ratios']}", file=sys.stderr, flush=True)
         finally:
             reference.stop()
-    info["loadavg_end"] = os.getloadavg()
-    out = save(args.results, args.label, {"label": args.label, "tokens": args.tokens, "rounds": args.rounds,
-                                           "machine": info, "variants": results})  # fmt: skip
-    print(
-        f"\n{args.tokens} forced new tokens, greedy, median of {args.rounds} rounds; each ratio divides by a base "
-        "request on a server without LoRA, measured in the same rounds"
-    )
-    print(machine_line(info))
     mark_same_answers(results)
-    print(table(results))
-    print(f"\nwritten: {out}")
-    return 0
+    heading = (f"{args.tokens} forced new tokens, greedy, median of {args.rounds} rounds; each ratio divides by a "
+               "base request on a server without LoRA, measured in the same rounds")  # fmt: skip
+    return report(args, info, {"variants": results}, heading, table(results))
 
 
 if __name__ == "__main__":
