@@ -43,6 +43,7 @@ from bench.bench_serving import (
     model_and_adapters,
     report,
     settings_for,
+    start,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             sessions = {}
             for ops, server in servers.items():
-                server.start()
-                server.wait_ready(timeout_s=600, progress=False)
+                start(server, 600)
                 app, url = start_app(server.base_url, server.api_key or "", data / f"app-{ops}", data / f"{ops}.log")
                 apps.append(app)
                 sessions[ops] = Client(url, verbose=False)

@@ -46,6 +46,7 @@ from bench.bench_serving import (
     measure,
     model_and_adapters,
     report,
+    server_for,
     settings_for,
     start,
 )
@@ -195,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-choices-") as tmp:
         data = Path(tmp)
-        reference = NoLoRAServer(settings_for(model_dir, data / "reference", {"vllm.kv_cache_gib": args.kv_cache_gib}),
-                                 adapters={})  # fmt: skip
+        reference = server_for("nolora", model_dir, data, args.kv_cache_gib, adapters={})
         try:
             start(reference, 600)
             info["reference_command"] = reference.command()
