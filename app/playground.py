@@ -60,14 +60,20 @@ class Playground:
     client: ServingClient
     rag: RAGStore
     personas: Mapping[str, Persona]
+    _base: str | None = field(default=None, init=False, repr=False)
 
     async def base_model(self) -> str:
-        """The base model's id as the server lists it (an external server may not call it `base`)."""
-        models = await self.client.list_models()
-        base = next((model.id for model in models if not model.is_adapter), None)
-        if base is None:
-            raise ServingError(f"the server at {self.client.base_url} lists no base model")
-        return base
+        """The base model's id as the server lists it (an external server may not call it `base`).
+
+        Asked once and remembered, so that a question waits for no round trip (one to a server busy streaming can
+        take tens of milliseconds, before every first token); a base-model answer that fails forgets it, so a server
+        restarted on another model is asked again at the next question."""
+        if self._base is None:
+            models = await self.client.list_models()
+            self._base = next((model.id for model in models if not model.is_adapter), None)
+            if self._base is None:
+                raise ServingError(f"the server at {self.client.base_url} lists no base model")
+        return self._base
 
     async def answer_one(
         self, setup: Setup, history: Sequence[dict[str, Any]], question: str, base_model: str, asked: float
@@ -157,8 +163,7 @@ class Playground:
     ) -> AsyncIterator[list[PanelAnswer]]:
         """Run all setups concurrently; after each change yield every current answer (same order as `setups`).
 
-        `base` is the base model's id when the caller has just asked the server for it; else it is asked here (a
-        round trip to a server busy streaming can take a while, and it delays every first token)."""
+        `base` is the base model's id when the caller knows it already (`base_model`); else it is found here."""
         asked = time.monotonic()
         answers = [PanelAnswer() for _ in setups]
         base_error = None
@@ -175,6 +180,8 @@ class Playground:
                     await updates.put((index, PanelAnswer(error=base_error, done=True)))
                     return
                 async for answer in self.answer_one(setups[index], histories[index], question, base, asked):
+                    if answer.error and setups[index].adapter is None:
+                        self._base = None  # the server may have changed: ask for its base model again
                     await updates.put((index, answer))
             except Exception as exc:  # a bug in one answer must not take the others down
                 log.exception("panel %d failed", index)

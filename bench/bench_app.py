@@ -7,7 +7,7 @@ Starts our vLLM server as `make run` does (LoRA enabled, the shipped adapters, o
 it against that server (`python -m app --vllm-url ...`, its own process), both on free loopback ports. Then asks the
 same questions two ways, the cases of a round in a seeded shuffled order:
 - raw: the OpenAI client straight to vLLM, every request of the case streamed at once;
-- app: gradio_client sessions asking through the Compare tab's `/answer_all` event, as the browser does.
+- app: browser tabs asking through the Compare tab's `/answer_all` event, in Gradio's queue protocol (AppTab).
 Same question and settings per panel (greedy, no persona, RAG off, the app's default repetition controls, at most
 `--tokens` tokens). On a CPU whose matmuls round a row differently beside other rows (docs/eval.md), requests that
 arrive a few milliseconds apart are batched differently and a near-tie token can flip, so answer lengths may differ
@@ -25,6 +25,7 @@ interval (app.ui.compare_round.UPDATE_EVERY_S); the raw ones are when the stream
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import re
@@ -33,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +44,7 @@ from typing import Any
 import httpx
 import openai
 import psutil
-from gradio_client import Client
+from gradio_client.utils import apply_diff
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
@@ -101,11 +104,49 @@ def model_of(setup: Setup) -> str:
 
 
 def panel_values(setup: Setup, tokens: int) -> list[Any]:
-    """A Compare panel's inputs in app.ui.panel.FIELDS order (its conversation is session State, not an input)."""
-    values = {"model": model_of(setup), "persona": setup.persona or NO_PERSONA, "system_prompt": "",
+    """A Compare panel's inputs in app.ui.panel.FIELDS order (its conversation is session State: None here)."""
+    values = {"model": model_of(setup), "history": None, "persona": setup.persona or NO_PERSONA, "system_prompt": "",
               "temperature": 0.0, "top_p": 1.0, "max_tokens": tokens, "seed": "", **RECOMMENDED,
               "use_rag": setup.rag is not None, "kb": setup.rag}  # fmt: skip
-    return [values[name] for name in FIELDS if name != "history"]
+    return [values[name] for name in FIELDS]
+
+
+class AppTab:
+    """One browser tab on the app, speaking Gradio's queue protocol as its JavaScript client does: join the queue,
+    read the session's server-sent events, apply each update's diff. Not gradio_client: it polls its message queue
+    every 50 ms (gradio_client/utils.py, stream_sse_v1plus), which would add 0-50 ms to every time recorded."""
+
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=f"{url}gradio_api/", timeout=APP_START_S)
+        config = httpx.get(f"{url}config", timeout=60).raise_for_status().json()
+        self.events = {dep["api_name"]: dep["id"] for dep in config["dependencies"] if dep.get("api_name")}
+        self.session = ""
+
+    def open(self) -> None:
+        """A new page: a new session (no conversation yet), opened by the status tick a page runs. Gradio builds a
+        session's state on its first event (~17 ms with every tab's components): a user pays it on loading the page,
+        not on asking."""
+        self.session = uuid.uuid4().hex
+        for _ in self.run("status", []):
+            pass
+
+    def run(self, api_name: str, data: list[Any]) -> Iterator[list[Any]]:
+        """Run the event `api_name` on `data` in this session; yield its outputs after each update."""
+        body = {"data": data, "fn_index": self.events[api_name], "session_hash": self.session, "event_data": None}
+        self.http.post("queue/join", json=body).raise_for_status()
+        outputs: list[Any] | None = None
+        with self.http.stream("GET", "queue/data", params={"session_hash": self.session}) as stream:
+            for line in stream.iter_lines():
+                message = json.loads(line[5:]) if line.startswith("data:") else {}
+                if message.get("msg") == "process_generating":
+                    new = message["output"]["data"]  # the first update whole, then the changes
+                    outputs = new if outputs is None else [apply_diff(o, d) for o, d in zip(outputs, new, strict=True)]
+                    yield outputs
+                elif message.get("msg") == "process_completed":
+                    if not message["success"]:
+                        raise RuntimeError(f"{api_name} failed: {message['output']}")
+                    return
+        raise RuntimeError(f"{api_name}: the event stream ended before the event completed")
 
 
 async def raw_answer(client: openai.AsyncOpenAI, model: str, question: str, tokens: int, asked: float) -> Answer:
@@ -137,15 +178,13 @@ async def run_raw(server: VLLMServer, case: Case, tokens: int) -> list[Answer]:
         return list(await asyncio.gather(*(raw_answer(client, m, q, tokens, asked) for m, q in requests)))
 
 
-def app_user(client: Client, case: Case, user: int, *, tokens: int, asked: float) -> list[Answer]:
+def app_user(tab: AppTab, case: Case, user: int, *, tokens: int, asked: float) -> list[Answer]:
     """Ask one question with the case's panels; when each panel's first text and its stats line (its end) arrive."""
     panels = [panel_values(setup, tokens) for setup in case.panels]
     panels += [panel_values(Setup(), tokens)] * (MAX_PANELS - len(panels))  # hidden panels: not asked
     values = [value for inputs in panels for value in inputs]
-    client.reset_session()  # a new conversation: each panel keeps its turns in session State, and raw has none
-    job = client.submit(question_of(case, user), None, len(case.panels), *values, api_name="/answer_all")
     answers = [Answer() for _ in case.panels]
-    for update in job:
+    for update in tab.run("answer_all", [question_of(case, user), None, len(case.panels), *values]):
         now = time.perf_counter() - asked
         for index, answer in enumerate(answers):
             chat, stats = update[index], update[MAX_PANELS + index]
@@ -156,18 +195,17 @@ def app_user(client: Client, case: Case, user: int, *, tokens: int, asked: float
                 answer.end_s = now
                 match = OUT_TOKENS.search(stats)
                 answer.tokens = int(match[1]) if match else None
-    if job.exception() is not None:
-        raise RuntimeError(f"{case.name}: user {user}'s question failed: {job.exception()}")
     return answers
 
 
-def run_app(sessions: list[Client], case: Case, tokens: int) -> list[Answer]:
-    """Every user of the case asks at once, each from its own browser session (a thread)."""
+def run_app(tabs: list[AppTab], case: Case, tokens: int) -> list[Answer]:
+    """Every user of the case asks at once, each from a page of their own (a thread), opened beforehand: a new
+    session, so no earlier turns go with the question (each panel keeps its conversation in session State)."""
+    for tab in tabs[: case.users]:
+        tab.open()
     asked = time.perf_counter()
     with ThreadPoolExecutor(case.users) as pool:
-        asks = pool.map(
-            lambda user: app_user(sessions[user], case, user, tokens=tokens, asked=asked), range(case.users)
-        )
+        asks = pool.map(lambda user: app_user(tabs[user], case, user, tokens=tokens, asked=asked), range(case.users))
         return [answer for answers in asks for answer in answers]
 
 
@@ -201,7 +239,7 @@ def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
 
 
 def measure(
-    server: VLLMServer, sessions: list[Client], all_cases: list[Case], *, rounds: int, tokens: int, seed: int,
+    server: VLLMServer, tabs: list[AppTab], all_cases: list[Case], *, rounds: int, tokens: int, seed: int,
     processes: dict[str, psutil.Process],
 ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """Every case both ways in shuffled rounds; each sample with the CPU seconds each process used meanwhile."""
@@ -213,7 +251,7 @@ def measure(
         for case, way in runs:
             time.sleep(0.5)
             before = cpu_seconds(processes)
-            answers = asyncio.run(run_raw(server, case, tokens)) if way == "raw" else run_app(sessions, case, tokens)
+            answers = asyncio.run(run_raw(server, case, tokens)) if way == "raw" else run_app(tabs, case, tokens)
             used = {name: round(cpu_seconds(processes)[name] - spent, 2) for name, spent in before.items()}
             if number:
                 samples[f"{case.name}_{way}"].append({**figures(answers), "cpu_s": used})
@@ -311,9 +349,9 @@ def main(argv: list[str] | None = None) -> int:
             start(server, 600)
             app, url = start_app(server.base_url, server.api_key or "", data / "app", data / "app.log")
             info["commands"] = {"vllm": server.command(), "app": app.args}
-            sessions = [Client(url, verbose=False) for _ in range(max([*users, 1]))]
+            tabs = [AppTab(url) for _ in range(max([*users, 1]))]
             processes = {"vllm": psutil.Process(server.pid), "app": psutil.Process(app.pid), "bench": psutil.Process()}
-            samples = measure(server, sessions, all_cases, rounds=args.rounds, tokens=args.tokens, seed=args.seed,
+            samples = measure(server, tabs, all_cases, rounds=args.rounds, tokens=args.tokens, seed=args.seed,
                               processes=processes)  # fmt: skip
         finally:
             if app is not None:

@@ -7,11 +7,11 @@ Issue #14's target: the classic four-way (base + persona, adapter + persona, bas
 done in at most half the wall time it took before the serving work. Starts two vLLM servers as `make run` does,
 one with our CPU LoRA ops and one with vLLM's own (`ADAPTER_ARENA_LORA_OPS=vllm`, the ops the app used before,
 with the -1 fix), and the app on each (`python -m app --vllm-url`). Then asks each domain's first example question
-with the preset's four panels through the app (gradio_client, the Compare tab's `/answer_all`, a new session per
-question), greedy, the app's repetition controls, at most `--tokens` tokens, both servers in seeded shuffled rounds
-after a warm-up. A sample is the time until the fourth answer's stats line arrives; answers are the same length both
-ways when the ops give the same tokens (the JSON keeps every panel's token count to check). The app's own streaming
-changes are in both runs: `make bench-app` measures those against raw vLLM.
+with the preset's four panels through the app (bench_app.AppTab, a browser tab's protocol: the Compare tab's
+`/answer_all`, a new session per question), greedy, the app's repetition controls, at most `--tokens` tokens, both
+servers in seeded shuffled rounds after a warm-up. A sample is the time until the fourth answer's stats line
+arrives; answers are the same length both ways when the ops give the same tokens (the JSON keeps every panel's token
+count to check). The app's own streaming changes are in both runs: `make bench-app` measures those against raw vLLM.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gradio_client import Client
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from app.content import load_content
@@ -35,7 +33,7 @@ from app.serving.process import VLLMServer
 from app.serving.vllm_plugin import OPS_ENV
 from app.setups import PRESETS
 from app.ui.presets import preset_setup
-from bench.bench_app import Case, figures, run_app, start_app
+from bench.bench_app import AppTab, Case, figures, run_app, start_app
 from bench.bench_serving import (
     ServerWithEnv,
     bench_parser,
@@ -61,7 +59,7 @@ def classic_cases(adapters: dict[str, Path]) -> list[Case]:
     ]
 
 
-def measure(sessions: dict[str, Client], all_cases: list[Case], *, rounds: int, tokens: int,
+def measure(tabs: dict[str, AppTab], all_cases: list[Case], *, rounds: int, tokens: int,
             seed: int) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """Every case on both servers' apps, in shuffled rounds after a warm-up round (round 0)."""
     runs = [(case, ops) for case in all_cases for ops in OPS]
@@ -71,7 +69,7 @@ def measure(sessions: dict[str, Client], all_cases: list[Case], *, rounds: int, 
         rng.shuffle(runs)
         for case, ops in runs:
             time.sleep(0.5)
-            sample = figures(run_app([sessions[ops]], case, tokens))
+            sample = figures(run_app([tabs[ops]], case, tokens))
             if number:
                 samples[f"{case.name}_{ops}"].append(sample)
         print(f"round {number}/{rounds} done (load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
@@ -119,13 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
         apps = []
         try:
-            sessions = {}
+            tabs = {}
             for ops, server in servers.items():
                 start(server, 600)
                 app, url = start_app(server.base_url, server.api_key or "", data / f"app-{ops}", data / f"{ops}.log")
                 apps.append(app)
-                sessions[ops] = Client(url, verbose=False)
-            samples = measure(sessions, all_cases, rounds=args.rounds, tokens=args.tokens, seed=args.seed)
+                tabs[ops] = AppTab(url)
+            samples = measure(tabs, all_cases, rounds=args.rounds, tokens=args.tokens, seed=args.seed)
         finally:
             for app in apps:
                 app.terminate()

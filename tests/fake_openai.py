@@ -53,6 +53,7 @@ class FakeOpenAI:
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)  # each chat request's headers
     hits: list[str] = field(default_factory=list)  # every other path requested (e.g. an image a page tried to load)
+    model_lists: int = 0  # how often /v1/models was asked
     context: int = 2048  # the max_model_len /tokenize reports
     streaming: int = 0  # answers being streamed now
     peak_streaming: int = 0  # the most at once so far
@@ -70,6 +71,7 @@ class FakeOpenAI:
 
         @api.get("/v1/models")
         async def models() -> dict[str, Any]:
+            self.model_lists += 1
             entries = [{"id": self.base, "object": "model", "root": "/models/fake", "parent": None}]
             entries += [{"id": name, "object": "model", "root": f"/adapters/{name}", "parent": self.base}
                         for name in self.adapters]  # fmt: skip
