@@ -32,9 +32,10 @@ DEFAULT_MAX_TOKENS = 256
 SAMPLING = ("temperature", "top_p", "max_tokens", "seed", "repetition_penalty", "frequency_penalty", "presence_penalty")
 REPETITION = ("repetition_penalty", "frequency_penalty", "presence_penalty")
 # What the Compare panels, the Arena and the eval start from, chosen by measurement on the eval sets (docs/eval.md,
-# "Repetition"): a frequency penalty of 0.5 cut loops and raised terminology, at a cost in hallucination that the
-# eval reports. A Setup's own defaults stay neutral (1, 0, 0), the values earlier votes and cached answers used.
-RECOMMENDED: dict[str, float] = {"repetition_penalty": 1.0, "frequency_penalty": 0.5, "presence_penalty": 0.0}
+# "Repetition"): a frequency penalty of 1.0 ends nearly all loops and raises terminology (0.5, the default until
+# 2026-12-06, left loops in a fifth of base + persona answers). A Setup's own defaults stay neutral (1, 0, 0), the
+# values earlier votes and cached answers used.
+RECOMMENDED: dict[str, float] = {"repetition_penalty": 1.0, "frequency_penalty": 1.0, "presence_penalty": 0.0}
 
 # Every domain-relative spec, in the one order charts and tables use (colours mean the same everywhere).
 RECIPES = (

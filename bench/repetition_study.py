@@ -39,6 +39,10 @@ SETTINGS: dict[str, dict[str, float]] = {  # name -> repetition controls; "neutr
     "rep 1.2": {"repetition_penalty": 1.2},
     "rep 1.3": {"repetition_penalty": 1.3},
     "freq 0.5": {"frequency_penalty": 0.5},
+    "freq 1.0": {"frequency_penalty": 1.0},
+    "freq 1.5": {"frequency_penalty": 1.5},
+    "freq 0.5 + pres 0.5": {"frequency_penalty": 0.5, "presence_penalty": 0.5},
+    "freq 0.5 + rep 1.05": {"frequency_penalty": 0.5, "repetition_penalty": 1.05},
 }
 
 
