@@ -124,7 +124,7 @@ bench: model
 	$(PY) bench/bench_serving.py --label $(BENCH_LABEL) $(BENCH_ARGS)
 
 # The app's own streaming path against raw vLLM (bench/bench_app.py): the same questions asked straight to vLLM and
-# through the app (`python -m app --vllm-url`, gradio_client), four panels and 1, 2, 4, 8 users x 2 panels;
+# through the app (`python -m app --vllm-url`, as browser tabs), four panels and 1, 2, 4, 8 users x 2 panels;
 # a table on stdout and bench/results/$(BENCH_APP_LABEL).json. ~10 min on 2 CPU cores.
 .PHONY: bench-app
 BENCH_APP_LABEL ?= app-latest

@@ -146,6 +146,8 @@ class AppTab:
                     if not message["success"]:
                         raise RuntimeError(f"{api_name} failed: {message['output']}")
                     return
+                elif message.get("msg") == "unexpected_error":
+                    raise RuntimeError(f"{api_name} failed: {message.get('message')}")
         raise RuntimeError(f"{api_name}: the event stream ended before the event completed")
 
 
