@@ -90,12 +90,9 @@ def render(services: Services, demo: gr.Blocks) -> dict[str, Any]:
                *(p.citations for p in panels), *(p.history for p in panels), last]  # fmt: skip
     inputs = [question, domain, count, *(c for p in panels for c in p.inputs)]
     handler = answer_all_handler(services, panels, last)
-    # preprocess=False: the values go to the handler as sent, not through ~50 components' preprocess calls, each a
-    # worker-thread hop (5-15 ms before every first token, docs/performance.md); the handler checks the question and
-    # each panel's Setup validates its values (names, ranges; a bad one fails that panel alone, with the reason).
     events: list[dict[str, Any]] = [
-        send.click(handler, inputs=inputs, outputs=outputs, preprocess=False, api_name="answer_all"),
-        question.submit(handler, inputs=inputs, outputs=outputs, preprocess=False, api_visibility="private"),
+        send.click(handler, inputs=inputs, outputs=outputs, api_name="answer_all"),
+        question.submit(handler, inputs=inputs, outputs=outputs, api_visibility="private"),
     ]
     for trigger in (send.click, question.submit):  # at 1280x800 the panels start below the fold: bring them up
         trigger(None, js=SCROLL_TO_PANELS)
