@@ -2,8 +2,10 @@
 
 The reference is `PunicaWrapperCPU.add_lora_linear` (vllm.lora.ops.torch_ops) with the plugin's index -1 fix; the
 grouped wrapper must give the same output for mixed batches (base tokens, adapters in one or several runs, several
-slices). In float32 the two differ only by summation order (tolerance 1e-5); in bfloat16 the expand rounds to
-bfloat16 in both, so they agree to within a bfloat16 rounding step of the output (tolerance 1e-2 on values ~1).
+slices). In float32 the two differ only by summation order (tolerance 1e-5). In bfloat16, vLLM's ops round the
+shrunk rows to bfloat16 before the expand and ours keep them in float32, so the deltas differ by that rounding
+(2**-9 relative, per rank element) and then by a rounding step of the output: tolerance 2e-2 on values of a few
+units.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def test_grouped_ops_match_vllms(case: str, output_slices: tuple[int, ...], dtyp
     want, got = base.clone(), base.clone()
     reference.add_lora_linear(want, x, lora_a, lora_b, 1.0, output_slices)
     grouped.add_lora_linear(got, x, lora_a, lora_b, 1.0, output_slices)
-    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got, want, atol=tolerance, rtol=tolerance, msg=f"{case}: grouped != vLLM's ops")
     base_rows = [n for n, lora_id in enumerate(ids) if lora_id == 0]
     assert torch.equal(got[base_rows], base[base_rows]), "tokens without an adapter must get exactly no delta"
@@ -84,12 +86,12 @@ def test_a_tokens_shrink_does_not_depend_on_its_batch(tokens: int) -> None:
     token's float32 shrink is the same alone and beside `tokens - 1` more tokens of its adapter. A float32 GEMM
     (`torch.mm`) breaks this; through 30 layers that changed greedy answers with the batch."""
     rng = torch.Generator().manual_seed(tokens)
-    a = torch.randn(48, 576, generator=rng).to(torch.bfloat16).to(torch.float32)
+    a = torch.randn(576, 48, generator=rng).to(torch.bfloat16).to(torch.float32)
     x = torch.randn(tokens, 576, generator=rng).to(torch.bfloat16)
     x = x.float()
     alone = torch.cat([row_products(x[row : row + 1], a) for row in range(tokens)])
     assert torch.equal(row_products(x, a), alone), "a token's shrink changed with the number of tokens beside it"
-    torch.testing.assert_close(alone, x @ a.t(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(alone, x @ a, atol=1e-4, rtol=1e-4)
 
 
 def test_a_tokens_delta_is_the_same_bits_in_any_batch() -> None:
@@ -207,7 +209,7 @@ def test_grouped_embedding_and_logits_match_vllms(case: str, dtype: torch.dtype)
     lora_b[2].zero_()
     x = torch.randn(len(ids), HIDDEN, generator=rng).to(dtype)
     shrunk = torch.randn(len(ids), RANK, generator=rng).to(dtype)
-    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     reference, grouped = wrappers(ids)
     for name, call in {
         "embedding": lambda w, y: w.add_lora_embedding(y, shrunk, lora_b, add_inputs=True),

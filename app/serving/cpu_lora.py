@@ -17,8 +17,9 @@ tokens without an adapter (index -1) the last slot's adapter (see app/serving/vl
 - the slots that have exactly one token in a step (`lora_step`: several panels or users decoding with different
   adapters, the Compare tab's usual step) are one batched product over those slots' stored weights instead of one
   product pair each, so four adapters decoding together cost about what one does (docs/performance.md).
-Arithmetic follows vLLM's torch ops: the shrink in float32, the expand in the weights' dtype. A token's delta is the
-same bits alone and in any batch (`row_products`, tests/test_lora_ops.py), so batching never changes an answer.
+Arithmetic is float32 with the result rounded once to the output's dtype (vLLM's ops expand in the weights' dtype).
+A token's delta is the same bits alone and in any batch (`row_products`, tests/test_lora_ops.py), so batching never
+changes an answer.
 
 Embedding and LM-head LoRA (not trained by the shipped adapters) take the same grouped path; only an input that is
 not one row per token goes to vLLM's own ops, with the -1 fix. The plugin (app/serving/vllm_plugin.py) makes vLLM's
@@ -111,11 +112,11 @@ def lora_step(indices: torch.Tensor) -> Step:
 
 @dataclass(frozen=True)
 class Fused:
-    """One layer's adapter weights, slices fused.
+    """One layer's adapter weights, slices fused, float32, laid out for `row @ matrix` (no transposes per step).
 
-    a: (slots, n_slices * rank, in) float32, the slices' A matrices one above the other;
-    b: (slots, sum(output_slices), n_slices * rank) in the weights' dtype, block diagonal: slice i's B maps rank
-    block i to its output columns (the zeros outside the blocks add nothing);
+    a: (slots, in, n_slices * rank), the slices' A matrices side by side, times the layer's scale;
+    b: (slots, n_slices * rank, sum(output_slices)), block diagonal: slice i's B maps rank block i to its output
+    columns (the zeros outside the blocks add nothing);
     live: per slot, whether it holds any nonzero weight (a slot whose adapter skips this layer, e.g. the
     embeddings and the LM head of an adapter trained on the linear layers only, is all zeros and is skipped).
     """
@@ -135,9 +136,14 @@ class FusedWeights:
         self._cache.clear()
 
     def get(
-        self, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], output_slices: tuple[int, ...]
+        self,
+        lora_a: tuple[torch.Tensor, ...],
+        lora_b: tuple[torch.Tensor, ...],
+        output_slices: tuple[int, ...],
+        scale: float = 1.0,
     ) -> Fused:
-        """lora_a[i]: (slots, 1, rank, in); lora_b[i]: (slots, 1, out_i, rank), as vLLM stores them."""
+        """lora_a[i]: (slots, 1, rank, in); lora_b[i]: (slots, 1, out_i, rank), as vLLM stores them. A layer's
+        scale (alpha / rank) is fixed, so it is folded into `a` once (exact for the usual powers of two)."""
         key = id(lora_b[0])
         # Views share their base's version counter, so vLLM's in-place set_lora/reset_lora bump these (inference
         # tensors have none; the wrapper also clears the cache when the slots' adapters change).
@@ -145,59 +151,55 @@ class FusedWeights:
         hit = self._cache.get(key)
         if hit is not None and hit[0][0] is lora_b[0] and hit[1] == versions:
             return hit[2]
-        a = torch.cat([t[:, 0].to(torch.float32) for t in lora_a], dim=1)
+        a = torch.cat([t[:, 0].to(torch.float32) for t in lora_a], dim=1).transpose(1, 2).contiguous()
+        if scale != 1.0:
+            a.mul_(scale)
         slots, rank = lora_b[0].shape[0], lora_b[0].shape[-1]
-        b = lora_b[0].new_zeros(slots, sum(output_slices), rank * len(lora_b))
-        row = 0
+        b = torch.zeros(slots, rank * len(lora_b), sum(output_slices))
+        column = 0
         for n, (t, size) in enumerate(zip(lora_b, output_slices, strict=True)):
-            b[:, row : row + size, n * rank : (n + 1) * rank] = t[:, 0, :size]
-            row += size
+            b[:, n * rank : (n + 1) * rank, column : column + size] = t[:, 0, :size].transpose(1, 2)
+            column += size
         live = tuple(bool(a[slot].any()) and bool(b[slot].any()) for slot in range(slots))
         fused = Fused(a, b, live)
         self._cache[key] = ((*lora_b, *lora_a), versions, fused)
         return fused
 
 
-def row_products(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """rows @ weights.T as one 1-row product per row: `weights` is one (out, k) matrix for every row, or (rows, out,
-    k), one matrix per row (a batched matmul either way).
+def row_products(rows: torch.Tensor, *matrices: torch.Tensor) -> torch.Tensor:
+    """rows @ matrices[0] @ matrices[1] ... in float32, as one 1-row product per row: each matrix is one (k, out)
+    matrix for every row, or (rows, k, out), one per row (a batched matmul either way).
 
-    The shrink runs in float32 (as vLLM's ops do), and a float32 GEMM's result for one row depends on how many rows
-    it is given (the BLAS picks its kernel and blocking by shape): `torch.mm` there made a token's output depend on
-    how many tokens of its adapter shared the step, and greedy answers changed with the batch. 1-row products do
-    not. The bfloat16 expand needs no such care: a bfloat16 `torch.mm` row and the same row of a `torch.bmm` are
-    the same bits alone or batched (tests/test_lora_ops.py checks a token's whole delta, alone and batched).
+    A float32 GEMM's result for one row depends on how many rows it is given (the BLAS picks its kernel and
+    blocking by shape): `torch.mm` here made a token's output depend on how many tokens of its adapter shared the
+    step, and greedy answers changed with the batch. 1-row products do not (tests/test_lora_ops.py). They are also
+    the cheapest product at decode's one row: a bfloat16 `torch.mm` of these shapes costs ~25 us of set-up on this
+    CPU, a float32 1-row `bmm` ~7 us.
     """
-    matrices = weights.transpose(-1, -2)
-    if matrices.dim() == 2:
-        matrices = matrices.unsqueeze(0).expand(rows.shape[0], -1, -1)
-    return torch.bmm(rows.unsqueeze(1), matrices).squeeze(1)
+    out = rows.to(torch.float32).unsqueeze(1)
+    for matrix in matrices:
+        out = torch.bmm(out, matrix.expand(out.shape[0], -1, -1))
+    return out.squeeze(1)
 
 
-def lora_delta(
-    rows: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, scale: float = 1.0, shrink: bool = True
-) -> torch.Tensor:
-    """((rows @ a.T) * scale) @ b.T: the shrink in float32, the expand in the weights' dtype, as vLLM's ops do
-    (`shrink=False`: rows are already shrunk). `a` and `b` are one slot's matrices, or one per row."""
+def lora_delta(rows: torch.Tensor, fused: Fused, slots: int | slice, *, shrink: bool = True) -> torch.Tensor:
+    """(rows @ A) @ B with the fused weights of `slots` (one slot for all rows, or a range: one slot per row), all
+    in float32 (`shrink=False`: rows are already shrunk); the caller rounds the result once, to the output's dtype.
+    vLLM's ops also round the shrunk rows to bfloat16 before a bfloat16 expand; skipping that rounding is closer to
+    PEFT's float32 reference (tests/test_adapter_outputs.py), and a float32 1-row expand is the cheaper product."""
     if shrink:
-        rows = row_products(rows.to(torch.float32), a)
-        if scale != 1.0:
-            rows.mul_(scale)
-    rows = rows.to(b.dtype)
-    return torch.mm(rows, b.t()) if b.dim() == 2 else torch.bmm(rows.unsqueeze(1), b.transpose(1, 2)).squeeze(1)
+        return row_products(rows, fused.a[slots], fused.b[slots])
+    return row_products(rows, fused.b[slots])
 
 
-def add_grouped_lora(
-    y: torch.Tensor, x: torch.Tensor, fused: Fused, step: Step, *, scale: float = 1.0, shrink: bool = True
-) -> None:
-    """y[rows, :out] += ((x[rows] @ A[slot].T) * scale) @ B[slot].T for each slot's rows, in place (`shrink=False`:
-    x is already the shrunk (tokens, rank) input, y[rows] += x[rows] @ B[slot].T). Slots with one token each are
-    one batched product (when all of them are live), the others one product pair per slot."""
-    width = fused.b.shape[1]
+def add_grouped_lora(y: torch.Tensor, x: torch.Tensor, fused: Fused, step: Step, *, shrink: bool = True) -> None:
+    """y[rows, :out] += (x[rows] @ A[slot]) @ B[slot] for each slot's rows, in place (`shrink=False`: x is already
+    the shrunk (tokens, rank) input, y[rows] += x[rows] @ B[slot]). Slots with one token each are one batched
+    product (when all of them are live), the others one product pair per slot."""
+    width = fused.b.shape[-1]
     groups, singles = step.groups, step.singles
     if singles is not None and all(fused.live[singles.slots]):
-        a, b = fused.a[singles.slots], fused.b[singles.slots]
-        delta = lora_delta(x.index_select(0, singles.rows), a, b, scale=scale, shrink=shrink).to(y.dtype)
+        delta = lora_delta(x.index_select(0, singles.rows), fused, singles.slots, shrink=shrink).to(y.dtype)
         if singles.present is not None:
             delta = delta.index_select(0, singles.present)
         y[:, :width].index_add_(0, singles.targets, delta)
@@ -206,8 +208,7 @@ def add_grouped_lora(
         if not fused.live[group.slot]:
             continue
         rows = x[group.rows] if isinstance(group.rows, slice) else x.index_select(0, group.rows)
-        a, b = fused.a[group.slot], fused.b[group.slot]
-        delta = lora_delta(rows, a, b, scale=scale, shrink=shrink).to(y.dtype)
+        delta = lora_delta(rows, fused, group.slot, shrink=shrink).to(y.dtype)
         if isinstance(group.rows, slice):
             y[group.rows, :width] += delta
         else:
@@ -257,8 +258,8 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         if flat_x.shape[0] != self.token_lora_indices.shape[0]:  # not one row per token: vLLM's own path
             super().add_lora_linear(y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer)
             return
-        fused = self.fused.get(lora_a_stacked, lora_b_stacked, output_slices)
-        add_grouped_lora(flat_y, flat_x, fused, self.step, scale=scale)
+        fused = self.fused.get(lora_a_stacked, lora_b_stacked, output_slices, scale)
+        add_grouped_lora(flat_y, flat_x, fused, self.step)
 
     def add_lora_embedding(
         self,
@@ -300,8 +301,8 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         if flat_x.shape[0] != self.sampler_indices.shape[0]:
             super().add_lora_logits(y, x, lora_a_stacked, lora_b_stacked, scale, buffer=buffer, **kwargs)
             return
-        fused = self.fused.get((lora_a_stacked,), (lora_b_stacked,), (lora_b_stacked.shape[2],))
-        add_grouped_lora(flat_y, flat_x, fused, self.sampler_step, scale=scale)
+        fused = self.fused.get((lora_a_stacked,), (lora_b_stacked,), (lora_b_stacked.shape[2],), scale)
+        add_grouped_lora(flat_y, flat_x, fused, self.sampler_step)
 
 
 _WRAPPERS: list[GroupedPunicaWrapperCPU] = []  # every wrapper of this process, by `position`
