@@ -75,7 +75,7 @@ format: install-dev
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-# Types of app/ (settings in pyproject.toml [tool.mypy]); `make test` runs it too.
+# Types of app/ and bench/ (settings in pyproject.toml [tool.mypy]); `make test` runs it too.
 typecheck: install-dev
 	$(PY) -m mypy
 
@@ -130,6 +130,13 @@ bench: model
 BENCH_APP_LABEL ?= app-latest
 bench-app: model
 	$(PY) bench/bench_app.py --label $(BENCH_APP_LABEL) $(BENCH_ARGS)
+
+# One decoding step's LoRA work, no server (bench/lora_step.py): our CPU ops against vLLM's own at the model's shapes;
+# bench/results/$(BENCH_LORA_LABEL).json. ~30 s.
+.PHONY: bench-lora-step
+BENCH_LORA_LABEL ?= lora-step-latest
+bench-lora-step: model
+	$(PY) bench/lora_step.py --label $(BENCH_LORA_LABEL) $(BENCH_ARGS)
 
 # The Compare tab's classic four-way through the app, our LoRA ops against vLLM's own (bench/classic_four_way.py):
 # each domain's first example, two servers and two apps; bench/results/$(BENCH_CLASSIC_LABEL).json. ~15 min.

@@ -39,12 +39,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
 import psutil
 from gradio_client.utils import apply_diff
+from openai.types.chat import ChatCompletionMessageParam
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
@@ -155,7 +156,8 @@ async def raw_answer(client: openai.AsyncOpenAI, model: str, question: str, toke
     """One streamed chat completion with the settings a panel sends (app.serving.client.ServingClient.stream_chat)."""
     answer = Answer()
     stream = await client.chat.completions.create(
-        model=model, messages=build_messages(None, [], question), temperature=0.0, top_p=1.0, max_tokens=tokens,
+        model=model, messages=[cast("ChatCompletionMessageParam", m) for m in build_messages(None, [], question)],
+        temperature=0.0, top_p=1.0, max_tokens=tokens,
         frequency_penalty=RECOMMENDED["frequency_penalty"], presence_penalty=RECOMMENDED["presence_penalty"],
         stream=True, stream_options={"include_usage": True},
         extra_body={"repetition_penalty": RECOMMENDED["repetition_penalty"]},

@@ -17,10 +17,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import faiss
 import numpy as np
 import torch
+from langchain_community.vectorstores import FAISS
 from langchain_core.documents import Document
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
@@ -54,7 +56,7 @@ def build_throughput(data: Path) -> tuple[int, float]:
     return built.manifest["chunks"], time.perf_counter() - started
 
 
-def synthetic_store(base: list[Document], vectors: np.ndarray, size: int, rng: np.random.Generator):
+def synthetic_store(base: list[Document], vectors: np.ndarray, size: int, rng: np.random.Generator) -> FAISS:
     """`size` chunks: the real ones repeated, each copy's vector nudged and re-normalised."""
     picks = np.arange(size) % len(base)
     noisy = vectors[picks] + rng.normal(0.0, NOISE, (size, EMBEDDING_DIM)).astype("float32")
@@ -65,7 +67,7 @@ def synthetic_store(base: list[Document], vectors: np.ndarray, size: int, rng: n
     return vectorstore_from_parts(index, chunks)
 
 
-def latency(store, asks: list[str], k: int = 4) -> dict[str, float]:
+def latency(store: FAISS, asks: list[str], k: int = 4) -> dict[str, float]:
     """Per query: embed (ms), search (ms) and the whole LangChain call (ms), p50 and p95."""
     model = embeddings()
     embed_ms, search_ms, total_ms = [], [], []
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         chunks, seconds = build_throughput(Path(tmp))
     shipped = RAGStore(load_settings()).ensure_index(ALL).vectorstore  # the app's own index, rebuilt if stale
-    base = [shipped.docstore.search(shipped.index_to_docstore_id[i]) for i in range(shipped.index.ntotal)]
+    ids = (shipped.index_to_docstore_id[i] for i in range(shipped.index.ntotal))
+    base = cast("list[Document]", [shipped.docstore.search(chunk_id) for chunk_id in ids])  # every id is stored
     vectors = shipped.index.reconstruct_n(0, shipped.index.ntotal)
     latency(shipped, asks[:10])  # warm-up: first calls pay for lazy initialisation
     print(
