@@ -131,8 +131,8 @@ BENCH_APP_LABEL ?= app-latest
 bench-app: model
 	$(PY) bench/bench_app.py --label $(BENCH_APP_LABEL) $(BENCH_ARGS)
 
-# One decoding step's LoRA work, no server (bench/lora_step.py): our CPU ops against vLLM's own at the model's shapes;
-# bench/results/$(BENCH_LORA_LABEL).json. ~30 s.
+# One step's LoRA work, no server (bench/lora_step.py): our CPU ops against vLLM's own at the model's shapes;
+# decoding and a prompt's prefill; bench/results/$(BENCH_LORA_LABEL).json. ~1.5 min.
 .PHONY: bench-lora-step
 BENCH_LORA_LABEL ?= lora-step-latest
 bench-lora-step: model

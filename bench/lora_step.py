@@ -1,14 +1,15 @@
-"""One decoding step's LoRA work at the served model's shapes: our grouped ops against vLLM's own CPU ops.
+"""One step's LoRA work at the served model's shapes: our grouped ops against vLLM's own CPU ops.
 
     .venv/bin/python bench/lora_step.py [--rounds 7] [--steps 20] [--label NAME]   (or: make bench-lora-step)
 
 No server: the wrapped linear layers of one step (every layer's q/k/v, o, gate/up and down, at the shapes of the
 base model in the settings, rank 16, four adapter slots, random bfloat16 weights) are called as vLLM calls them,
 through `GroupedPunicaWrapperCPU` (app/serving/cpu_lora.py) and through vLLM's `PunicaWrapperCPU`, on one thread (what
-vLLM's binding gives a 2-core machine). Cases are decoding steps: one adapter with one token, one adapter with two
-tokens (two panels on one adapter), four adapters with one token each (four panels). Each round times `--steps` steps
-of every case and both ops, in a shuffled order; the figure is the median over rounds, in ms a step. It isolates the
-LoRA arithmetic that `make bench` measures inside whole requests (docs/performance.md), in seconds instead of minutes.
+vLLM's binding gives a 2-core machine). Cases are decoding steps (one adapter with one token, one adapter with two
+tokens: two panels on one adapter, four adapters with one token each: four panels) and one prompt's prefill. Each
+round times `--steps` steps of every case and both ops, in a shuffled order; the figure is the median over rounds, in
+ms a step. It isolates the LoRA arithmetic that `make bench` measures inside whole requests (docs/performance.md), in
+minutes instead of tens of minutes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,14 @@ from bench.bench_serving import REPO, machine, report
 
 RANK, SLOTS = 16, 4
 SLOT_IDS = [1, 2, 3, 4]  # LoRA ids in slots 0..3
-CASES = {"one adapter, 1 token": [2], "one adapter, 2 tokens": [2, 2], "4 adapters, 1 token each": [1, 2, 3, 4]}
+PROMPT = 512  # tokens of the prefill case (a RAG prompt is ~900); it runs PROMPT_STEPS steps a round, not --steps
+PROMPT_STEPS = 2
+CASES = {
+    "one adapter, 1 token": [2],
+    "one adapter, 2 tokens": [2, 2],
+    "4 adapters, 1 token each": [1, 2, 3, 4],
+    f"one adapter, a {PROMPT}-token prompt (prefill)": [2] * PROMPT,
+}
 OPS = {"vLLM's ops": PunicaWrapperCPU, "ours": GroupedPunicaWrapperCPU}
 Layer = tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], tuple[int, ...]]
 
@@ -77,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     model = layers(config, torch.Generator().manual_seed(0))
     wrappers = {}
     for case, ids in CASES.items():
-        mapping = LoRAMapping(index_mapping=tuple(ids), prompt_mapping=tuple(ids), is_prefill=False)
+        mapping = LoRAMapping(index_mapping=tuple(ids), prompt_mapping=tuple(ids), is_prefill=len(ids) == PROMPT)
         for ops, kind in OPS.items():
-            wrapper = kind(64, 16, "cpu")
+            wrapper = kind(2 * PROMPT, 16, "cpu")
             wrapper.update_metadata(mapping, list(SLOT_IDS), SLOTS, 1000)
             wrappers[case, ops] = wrapper
     info = machine()
@@ -89,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     for number in range(args.rounds + 1):
         rng.shuffle(order)
         for case, ops in order:
-            took = step_ms(wrappers[case, ops], model, len(CASES[case]), args.steps)
+            tokens = len(CASES[case])
+            took = step_ms(wrappers[case, ops], model, tokens, PROMPT_STEPS if tokens == PROMPT else args.steps)
             if number:  # round 0 warms up (the fused weights are built on first use)
                 samples[f"{case} | {ops}"].append(took)
     rows = ["| case | vLLM's ops | ours | ours / vLLM's |", "| --- | --- | --- | --- |"]
@@ -99,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         figures[case] = {"vllm_ms": theirs, "ours_ms": ours}
         rows.append(f"| {case} | {theirs:.2f} ms | {ours:.2f} ms | {ours / theirs:.2f} |")
     heading = (
-        f"LoRA work of one decoding step, {config['num_hidden_layers']} layers x 4 wrapped linears of "
+        f"LoRA work of one step, {config['num_hidden_layers']} layers x 4 wrapped linears of "
         f"{model_dir.name}, rank {RANK}, one thread, median of {args.rounds} rounds of {args.steps} steps"
     )
     return report(args, info, {"figures": figures, "samples": samples}, heading, "\n".join(rows))

@@ -174,7 +174,7 @@ def row_products(rows: torch.Tensor, *matrices: torch.Tensor) -> torch.Tensor:
     blocking by shape): `torch.mm` here made a token's output depend on how many tokens of its adapter shared the
     step, and greedy answers changed with the batch. 1-row products do not (tests/test_lora_ops.py). They are also
     the cheapest product at decode's one row: a bfloat16 `torch.mm` of these shapes costs ~25 us of set-up on this
-    CPU, a float32 1-row `bmm` ~7 us.
+    CPU, a float32 1-row `bmm` ~7 us. A long prompt pays for it: its tokens go one by one (docs/performance.md).
     """
     out = rows.to(torch.float32).unsqueeze(1)
     for matrix in matrices:
