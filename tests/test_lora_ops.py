@@ -134,6 +134,7 @@ def test_scale_is_applied_like_vllms() -> None:
     ids = [11, 0, 13]
     x, base = torch.randn(3, HIDDEN, generator=rng), torch.zeros(3, 64)
     reference, grouped = wrappers(ids)
+    grouped.add_lora_linear(base.clone(), x, lora_a, lora_b, 1.0, (32, 32))  # caches the weights folded with 1.0
     want, got = base.clone(), base.clone()
     reference.add_lora_linear(want, x, lora_a, lora_b, 0.5, (32, 32))
     grouped.add_lora_linear(got, x, lora_a, lora_b, 0.5, (32, 32))

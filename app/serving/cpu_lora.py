@@ -130,7 +130,7 @@ class FusedWeights:
     """Fused copies of each layer's stacked weights, rebuilt when vLLM writes new adapter weights into a slot."""
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[tuple[torch.Tensor, ...], tuple[int, ...], Fused]] = {}
+        self._cache: dict[int, tuple[tuple[torch.Tensor, ...], tuple[float, ...], Fused]] = {}
 
     def clear(self) -> None:
         self._cache.clear()
@@ -143,11 +143,12 @@ class FusedWeights:
         scale: float = 1.0,
     ) -> Fused:
         """lora_a[i]: (slots, 1, rank, in); lora_b[i]: (slots, 1, out_i, rank), as vLLM stores them. A layer's
-        scale (alpha / rank) is fixed, so it is folded into `a` once (exact for the usual powers of two)."""
+        scale (alpha / rank) is fixed, so it is folded into `a` once (exact for the usual powers of two); a call with
+        another scale rebuilds the copy rather than use one folded with the old."""
         key = id(lora_b[0])
         # Views share their base's version counter, so vLLM's in-place set_lora/reset_lora bump these (inference
         # tensors have none; the wrapper also clears the cache when the slots' adapters change).
-        versions = tuple(0 if t.is_inference() else t._version for t in (*lora_a, *lora_b))
+        versions = (scale, *(0 if t.is_inference() else t._version for t in (*lora_a, *lora_b)))
         hit = self._cache.get(key)
         if hit is not None and hit[0][0] is lora_b[0] and hit[1] == versions:
             return hit[2]
