@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(f"| {case} | {theirs:.2f} ms | {ours:.2f} ms | {ours / theirs:.2f} |")
     heading = (
         f"LoRA work of one step, {config['num_hidden_layers']} layers x 4 wrapped linears of "
-        f"{model_dir.name}, rank {RANK}, one thread, median of {args.rounds} rounds of {args.steps} steps"
+        f"{model_dir.name}, rank {RANK}, one thread, median of {args.rounds} rounds of {args.steps} steps "
+        f"({PROMPT_STEPS} for the prompt)"
     )
     return report(args, info, {"figures": figures, "samples": samples}, heading, "\n".join(rows))
 
