@@ -118,6 +118,7 @@ async def vllm_tokens(client: openai.AsyncOpenAI, model: str, ids: list[int]) ->
 
 def check(peft: Peft, prompts: dict[str, list[int]], outputs: dict[tuple[str, str], list[int]]) -> None:
     exact = total = 0
+    worst_gap = 0.0
     for (name, question), got in outputs.items():
         assert len(got) == TOKENS, f"{name}, {question!r}: {len(got)} tokens from vLLM"
         gaps = peft.gaps(name, prompts[question], got)
@@ -128,6 +129,8 @@ def check(peft: Peft, prompts: dict[str, list[int]], outputs: dict[tuple[str, st
         )
         exact += sum(gap == 0.0 for gap in gaps)
         total += TOKENS
+        worst_gap = max(worst_gap, gaps[worst])
+    print(f"{exact} of {total} steps are PEFT's greedy choice exactly; the worst is {worst_gap:.3f} logits below it")
     assert exact >= EXACT_SHARE * total, f"only {exact} of {total} steps are PEFT's greedy choice exactly"
 
 

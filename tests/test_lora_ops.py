@@ -10,6 +10,8 @@ units.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from vllm.lora.layers.utils import LoRAMapping
@@ -18,7 +20,8 @@ from vllm.lora.punica_wrapper import punica_cpu
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 from app.serving import vllm_plugin
-from app.serving.cpu_lora import GroupedPunicaWrapperCPU, lora_groups, row_products
+from app.serving.cpu_lora import PROMPT_BLOCK, GroupedPunicaWrapperCPU, lora_groups, prompt_tokens, row_products
+from bench.lora_step import forward_pass
 
 MAX_LORAS, RANK, HIDDEN = 4, 8, 48
 SLOT_IDS = [11, 12, 13, 14]  # LoRA ids in slots 0..3; id 0 = no adapter (index -1)
@@ -94,14 +97,38 @@ def test_a_tokens_shrink_does_not_depend_on_its_batch(tokens: int) -> None:
     torch.testing.assert_close(alone, x @ a, atol=1e-4, rtol=1e-4)
 
 
+SERVED_SLICES = (576, 192, 192)  # SmolLM2-135M's fused q, k, v outputs, from hidden 576
+
+
+def served_weights(rng: torch.Generator) -> tuple[tuple, tuple]:
+    """Random rank-16 q, k, v adapter weights at the served model's shapes, in bfloat16."""
+    lora_a = tuple(torch.randn(MAX_LORAS, 1, 16, 576, generator=rng).to(torch.bfloat16) for _ in SERVED_SLICES)
+    lora_b = tuple((torch.randn(MAX_LORAS, 1, n, 16, generator=rng) * 0.05).to(torch.bfloat16) for n in SERVED_SLICES)
+    return lora_a, lora_b
+
+
+def served_outputs(
+    ids: list[int], x: torch.Tensor, weights: tuple[tuple, tuple], lengths: list[int] | None = None
+) -> torch.Tensor:
+    """The grouped wrapper's LoRA output for one step of tokens with adapters `ids` (0: none), one token a request
+    or requests of `lengths` tokens."""
+    grouped = GroupedPunicaWrapperCPU(512, 16, "cpu")
+    mapping = LoRAMapping(index_mapping=tuple(ids), prompt_mapping=tuple(ids), is_prefill=True)
+    grouped.update_metadata(mapping, list(SLOT_IDS), MAX_LORAS, 1000)
+    y = torch.zeros(len(ids), sum(SERVED_SLICES), dtype=torch.bfloat16)
+    with forward_pass(lengths or [1] * len(ids)):
+        grouped.add_lora_linear(y, x, *weights, 1.0, SERVED_SLICES)
+        prompts = any(ids) and any(n > 1 for n in lengths or [])
+        assert bool(grouped.step.prompts) == prompts, "adapter tokens of prompts take the block path"
+    return y
+
+
 def test_a_tokens_delta_is_the_same_bits_in_any_batch() -> None:
-    """At SmolLM2-135M's fused q, k, v shape in bfloat16: each token's LoRA output alone, beside one token of each
-    other adapter (the batched one-token path: panels decoding at once), beside more tokens of its own adapter, and
-    in mixed prefill-like steps, bit for bit. Anything else lets a request's greedy answer change with its batch."""
+    """At SmolLM2-135M's fused q, k, v shape in bfloat16: each decode token's LoRA output alone, beside one token of
+    each other adapter (the batched one-token path: panels decoding at once), beside more tokens of its own
+    adapter, and in mixed steps, bit for bit. Anything else lets a request's greedy answer change with its batch."""
     rng = torch.Generator().manual_seed(17)
-    slices, width = (576, 192, 192), 576
-    lora_a = tuple(torch.randn(MAX_LORAS, 1, 16, width, generator=rng).to(torch.bfloat16) for _ in slices)
-    lora_b = tuple((torch.randn(MAX_LORAS, 1, n, 16, generator=rng) * 0.05).to(torch.bfloat16) for n in slices)
+    weights = served_weights(rng)
     batches = {  # (tokens a step, the adapters of the steps' tokens; 0: no adapter): a few hundred tokens each,
         # as a difference shows in about one token's output in fifty
         "one token of each adapter": (4, [11, 12, 13, 14] * 64),
@@ -109,23 +136,52 @@ def test_a_tokens_delta_is_the_same_bits_in_any_batch() -> None:
         "its adapter's tokens": (256, [12] * 256),
         "mixed steps": (16, [0, 11, 11, 12, 13, 0, 14, 14, 12, 12, 11, 12, 13, 13, 13, 14] * 8),
     }
-
-    def outputs(ids: list[int], x: torch.Tensor) -> torch.Tensor:
-        grouped = GroupedPunicaWrapperCPU(512, 16, "cpu")
-        mapping = LoRAMapping(index_mapping=tuple(ids), prompt_mapping=tuple(ids), is_prefill=True)
-        grouped.update_metadata(mapping, list(SLOT_IDS), MAX_LORAS, 1000)
-        y = torch.zeros(len(ids), sum(slices), dtype=torch.bfloat16)
-        grouped.add_lora_linear(y, x, lora_a, lora_b, 1.0, slices)
-        return y
-
     assert wrappers([11, 12, 13, 14])[1].step.singles is not None, "four one-token adapters take the batched path"
     for name, (step, ids) in batches.items():
-        x = torch.randn(len(ids), width, generator=rng).to(torch.bfloat16)
-        together = torch.cat([outputs(ids[n : n + step], x[n : n + step]) for n in range(0, len(ids), step)])
-        alone = torch.cat([outputs([lora_id], x[n : n + 1]) for n, lora_id in enumerate(ids)])
+        x = torch.randn(len(ids), 576, generator=rng).to(torch.bfloat16)
+        together = torch.cat(
+            [served_outputs(ids[n : n + step], x[n : n + step], weights) for n in range(0, len(ids), step)]
+        )
+        alone = torch.cat([served_outputs([lora_id], x[n : n + 1], weights) for n, lora_id in enumerate(ids)])
         assert alone.abs().sum() > 0
         differ = (together != alone).any(dim=1).sum().item()
         assert differ == 0, f"{name}: {differ} of {len(ids)} tokens' outputs differ from their outputs alone"
+
+
+def test_a_prompts_delta_is_the_same_bits_in_any_step() -> None:
+    """Prompt tokens go through products of PROMPT_BLOCK rows: each request's LoRA output is the same bits alone and
+    in a step with other prompts of its adapter (which move its rows to other places in the blocks), other
+    adapters' prompts, decode tokens and base tokens; and it is the one-row products' result up to float32
+    summation order."""
+    rng = torch.Generator().manual_seed(23)
+    weights = served_weights(rng)
+    requests = [(12, 37), (11, 1), (12, 50), (12, 1), (13, 5), (0, 10), (12, 2), (14, 1), (12, PROMPT_BLOCK + 3)]
+    ids = [lora_id for lora_id, tokens in requests for _ in range(tokens)]
+    lengths = [tokens for _, tokens in requests]
+    x = torch.randn(len(ids), 576, generator=rng).to(torch.bfloat16)
+    together = served_outputs(ids, x, weights, lengths)
+    starts = [0, *itertools.accumulate(lengths)]
+    alone = torch.cat(
+        [
+            served_outputs([lora_id] * tokens, x[start : start + tokens], weights, [tokens])
+            for (lora_id, tokens), start in zip(requests, starts, strict=False)
+        ]
+    )
+    differ = (together != alone).any(dim=1).sum().item()
+    assert differ == 0, f"{differ} of {len(ids)} tokens' outputs differ from their request's outputs alone"
+    one_row = served_outputs(ids, x, weights)
+    torch.testing.assert_close(together, one_row, atol=2e-2, rtol=2e-2)
+
+
+def test_prompt_tokens_come_from_the_forward_passs_metadata() -> None:
+    """Only tokens of requests with several tokens in the step are prompt tokens; with no metadata (a profile run)
+    or metadata for another number of tokens, none is (the one-row path, always correct)."""
+    with forward_pass([1, 3, 1, 2]):
+        assert prompt_tokens(7).tolist() == [False, True, True, True, False, True, True]
+        assert prompt_tokens(8) is None
+    with forward_pass([1, 1, 1]):
+        assert prompt_tokens(3) is None
+    assert prompt_tokens(7) is None
 
 
 def test_scale_is_applied_like_vllms() -> None:

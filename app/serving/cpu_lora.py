@@ -17,6 +17,9 @@ tokens without an adapter (index -1) the last slot's adapter (see app/serving/vl
 - the slots that have exactly one token in a step (`lora_step`: several panels or users decoding with different
   adapters, the Compare tab's usual step) are one batched product over those slots' stored weights instead of one
   product pair each, so four adapters decoding together cost about what one does (docs/performance.md).
+- a prompt's tokens (a request with several tokens in the step, read from the step's attention metadata,
+  `prompt_tokens`) go through the products in fixed blocks of `PROMPT_BLOCK` rows, decode tokens one row each: the
+  cheapest product for each (docs/performance.md).
 Arithmetic is float32 with the result rounded once to the output's dtype (vLLM's ops expand in the weights' dtype).
 A token's delta is the same bits alone and in any batch (`row_products`, tests/test_lora_ops.py), so batching never
 changes an answer.
@@ -37,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from vllm.forward_context import get_forward_context, is_forward_context_available
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 from vllm.utils.torch_utils import direct_register_custom_op
 
@@ -63,15 +68,24 @@ class Singles:
     targets: torch.Tensor
 
 
+PROMPT_BLOCK = 32  # rows per product for a prompt's tokens (row_products); fixed, so a row's bits never depend on it
+
+
 @dataclass(frozen=True)
 class Step:
-    """A step's tokens by adapter slot: `groups` has every slot with tokens (-1 tokens are in none); `singles`, when
-    two or more slots have exactly one token (several panels decoding at once), batches those, and `rest` is the
-    groups it leaves out."""
+    """A step's tokens by adapter slot (-1 tokens are in no group): `prompts` has the prompt tokens of each slot,
+    `groups` its decode tokens; `singles`, when two or more slots have exactly one decode token (several panels
+    decoding at once), batches those, and `rest` is the decode groups it leaves out."""
 
     groups: list[Group]
     singles: Singles | None = None
     rest: list[Group] = field(default_factory=list)
+    prompts: list[Group] = field(default_factory=list)
+
+    @property
+    def idle(self) -> bool:
+        """No token of the step uses an adapter."""
+        return not self.groups and not self.prompts
 
 
 def lora_groups(indices: torch.Tensor) -> list[Group]:
@@ -93,12 +107,36 @@ def lora_groups(indices: torch.Tensor) -> list[Group]:
     return groups
 
 
-def lora_step(indices: torch.Tensor) -> Step:
-    """`lora_groups`, plus the one-token slots batched together when there are two or more of them."""
+def prompt_tokens(tokens: int) -> torch.Tensor | None:
+    """Per token of the step being run, whether its request has several tokens in the step (a prompt or a chunk of
+    one), from the query lengths in the attention metadata vLLM sets for the forward pass. None when no token does,
+    or when there is no such metadata (a profile run) or it does not describe `tokens` tokens: all are then decode
+    tokens, which is always correct, only slower for a prompt."""
+    if not is_forward_context_available():
+        return None
+    metadata = get_forward_context().attn_metadata
+    if not isinstance(metadata, dict) or not metadata:
+        return None
+    starts = getattr(next(iter(metadata.values())), "query_start_loc", None)
+    if starts is None:
+        return None
+    lengths = starts.diff()
+    if int(lengths.sum()) != tokens or int(lengths.max()) <= 1:
+        return None
+    return torch.repeat_interleave(lengths > 1, lengths)
+
+
+def lora_step(indices: torch.Tensor, prompt: torch.Tensor | None = None) -> Step:
+    """`lora_groups` of the prompt tokens (`prompt`: a mask, see `prompt_tokens`) and of the decode tokens, the
+    decode tokens' one-token slots batched together when there are two or more of them."""
+    prompts = []
+    if prompt is not None:
+        prompts = lora_groups(indices.masked_fill(~prompt, -1))
+        indices = indices.masked_fill(prompt, -1)
     groups = lora_groups(indices)
     single = {g.slot: g.rows.start for g in groups if isinstance(g.rows, slice) and g.rows.stop - g.rows.start == 1}
     if len(single) < 2:
-        return Step(groups)
+        return Step(groups, prompts=prompts)
     low, high = min(single), max(single) + 1
     stand_in = next(iter(single.values()))
     rows = torch.tensor([single.get(slot, stand_in) for slot in range(low, high)], device=indices.device)
@@ -107,7 +145,7 @@ def lora_step(indices: torch.Tensor) -> Step:
         present = torch.tensor([n for n, slot in enumerate(range(low, high)) if slot in single], device=indices.device)
     targets = rows if present is None else rows.index_select(0, present)
     rest = [g for g in groups if g.slot not in single]
-    return Step(groups, Singles(slice(low, high), rows, present, targets), rest)
+    return Step(groups, Singles(slice(low, high), rows, present, targets), rest, prompts)
 
 
 @dataclass(frozen=True)
@@ -167,36 +205,46 @@ class FusedWeights:
         return fused
 
 
-def row_products(rows: torch.Tensor, *matrices: torch.Tensor) -> torch.Tensor:
-    """rows @ matrices[0] @ matrices[1] ... in float32, as one 1-row product per row: each matrix is one (k, out)
-    matrix for every row, or (rows, k, out), one per row (a batched matmul either way).
+def row_products(rows: torch.Tensor, *matrices: torch.Tensor, block: int = 1) -> torch.Tensor:
+    """rows @ matrices[0] @ matrices[1] ... in float32, as products of `block` rows each (the last block padded with
+    zeros): each matrix is one (k, out) matrix for every block, or (blocks, k, out), one per block (a batched
+    matmul either way).
 
     A float32 GEMM's result for one row depends on how many rows it is given (the BLAS picks its kernel and
     blocking by shape): `torch.mm` here made a token's output depend on how many tokens of its adapter shared the
-    step, and greedy answers changed with the batch. 1-row products do not (tests/test_lora_ops.py). They are also
-    the cheapest product at decode's one row: a bfloat16 `torch.mm` of these shapes costs ~25 us of set-up on this
-    CPU, a float32 1-row `bmm` ~7 us. A long prompt pays for it: its tokens go one by one (docs/performance.md).
+    step, and greedy answers changed with the batch. Products of a fixed number of rows do not: a row gets the
+    same bits at any place in any block of that size (tests/test_lora_ops.py). One row is the cheapest product at
+    decode (a bfloat16 `torch.mm` of these shapes costs ~25 us of set-up on this CPU, a float32 1-row `bmm` ~7 us);
+    a prompt's hundreds of tokens go ~3x faster in blocks of `PROMPT_BLOCK` than one by one (docs/performance.md).
     """
-    out = rows.to(torch.float32).unsqueeze(1)
+    count = rows.shape[0]
+    blocks = -(-count // block)
+    out = rows.to(torch.float32)
+    if blocks * block > count:
+        out = F.pad(out, (0, 0, 0, blocks * block - count))
+    out = out.reshape(blocks, block, -1)
     for matrix in matrices:
-        out = torch.bmm(out, matrix.expand(out.shape[0], -1, -1))
-    return out.squeeze(1)
+        out = torch.bmm(out, matrix.expand(blocks, -1, -1))
+    return out.reshape(blocks * block, -1)[:count]
 
 
-def lora_delta(rows: torch.Tensor, fused: Fused, slots: int | slice, *, shrink: bool = True) -> torch.Tensor:
+def lora_delta(
+    rows: torch.Tensor, fused: Fused, slots: int | slice, *, shrink: bool = True, block: int = 1
+) -> torch.Tensor:
     """(rows @ A) @ B with the fused weights of `slots` (one slot for all rows, or a range: one slot per row), all
-    in float32 (`shrink=False`: rows are already shrunk); the caller rounds the result once, to the output's dtype.
-    vLLM's ops also round the shrunk rows to bfloat16 before a bfloat16 expand; skipping that rounding is closer to
-    PEFT's float32 reference (tests/test_adapter_outputs.py), and a float32 1-row expand is the cheaper product."""
+    in float32, in products of `block` rows (`shrink=False`: rows are already shrunk); the caller rounds the result
+    once, to the output's dtype. vLLM's ops also round the shrunk rows to bfloat16 before a bfloat16 expand;
+    skipping that rounding is closer to PEFT's float32 reference (tests/test_adapter_outputs.py), and a float32
+    1-row expand is the cheaper product."""
     if shrink:
-        return row_products(rows, fused.a[slots], fused.b[slots])
-    return row_products(rows, fused.b[slots])
+        return row_products(rows, fused.a[slots], fused.b[slots], block=block)
+    return row_products(rows, fused.b[slots], block=block)
 
 
 def add_grouped_lora(y: torch.Tensor, x: torch.Tensor, fused: Fused, step: Step, *, shrink: bool = True) -> None:
     """y[rows, :out] += (x[rows] @ A[slot]) @ B[slot] for each slot's rows, in place (`shrink=False`: x is already
-    the shrunk (tokens, rank) input, y[rows] += x[rows] @ B[slot]). Slots with one token each are one batched
-    product (when all of them are live), the others one product pair per slot."""
+    the shrunk (tokens, rank) input, y[rows] += x[rows] @ B[slot]). Slots with one decode token each are one batched
+    product (when all of them are live), the others one product pair per slot, prompt tokens in blocks."""
     width = fused.b.shape[-1]
     groups, singles = step.groups, step.singles
     if singles is not None and all(fused.live[singles.slots]):
@@ -205,11 +253,11 @@ def add_grouped_lora(y: torch.Tensor, x: torch.Tensor, fused: Fused, step: Step,
             delta = delta.index_select(0, singles.present)
         y[:, :width].index_add_(0, singles.targets, delta)
         groups = step.rest
-    for group in groups:
+    for group, block in [*((g, 1) for g in groups), *((g, PROMPT_BLOCK) for g in step.prompts)]:
         if not fused.live[group.slot]:
             continue
         rows = x[group.rows] if isinstance(group.rows, slice) else x.index_select(0, group.rows)
-        delta = lora_delta(rows, fused, group.slot, shrink=shrink).to(y.dtype)
+        delta = lora_delta(rows, fused, group.slot, shrink=shrink, block=block).to(y.dtype)
         if isinstance(group.rows, slice):
             y[group.rows, :width] += delta
         else:
@@ -223,7 +271,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         super().__init__(*args, **kwargs)
         self.position = len(_WRAPPERS)  # how a compiled graph names this wrapper to the custom ops
         _WRAPPERS.append(self)
-        self.step = Step([])  # rows of each adapter slot among the step's tokens
+        self._step: Step | None = Step([])  # rows of each adapter slot among the step's tokens (see `step`)
         self.sampler_step = Step([])  # the same among the rows whose logits are computed
         self.fused = FusedWeights()
         self._slot_ids: tuple[int | None, ...] = ()
@@ -233,8 +281,17 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         if tuple(lora_index_to_id) != self._slot_ids:  # an adapter was loaded into or removed from a slot
             self._slot_ids = tuple(lora_index_to_id)
             self.fused.clear()
-        self.step = lora_step(self.token_lora_indices)
+        self._step = None
         self.sampler_step = lora_step(self.sampler_indices)
+
+    @property
+    def step(self) -> Step:
+        """The step's grouping, made at its first LoRA call: which tokens are a prompt's is known only from the
+        attention metadata vLLM sets for the forward pass, after `update_metadata`."""
+        if self._step is None:
+            indices = self.token_lora_indices
+            self._step = lora_step(indices, prompt_tokens(indices.shape[0]))
+        return self._step
 
     def add_lora_linear(  # noqa: PLR0917 - vLLM's signature
         self,
@@ -252,7 +309,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
             a, b, out = list(lora_a_stacked), list(lora_b_stacked), list(output_slices)
             torch.ops.vllm.arena_lora_linear(y, x, a, b, scale, out, self.position)
             return
-        if not self.step.groups:
+        if self.step.idle:
             return
         flat_y = y.view(-1, y.shape[-1])
         flat_x = x.view(-1, x.shape[-1])
@@ -274,7 +331,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         if torch.compiler.is_compiling():
             torch.ops.vllm.arena_lora_embedding(y, x, lora_b_stacked, add_inputs, self.position)
             return
-        if not self.step.groups:
+        if self.step.idle:
             return
         if not add_inputs or lora_b_stacked.ndim != 4 or x.shape[0] != self.token_lora_indices.shape[0]:
             super().add_lora_embedding(y, x, lora_b_stacked, add_inputs, **kwargs)
