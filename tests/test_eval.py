@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ from app.eval.run import (
 from app.eval.verdict import Summary, SummaryRow, decide_verdict, summarize
 from app.playground import PanelAnswer
 from app.rag import Citation, RAGStore
+from app.serving import vllm_plugin
 from app.serving.client import ModelInfo, ServingClient
 from app.serving.process import VLLMServer
 from app.setups import Setup
@@ -361,15 +363,29 @@ def test_answers_are_asked_again_after_retraining_or_a_kb_edit(tmp_path: Path) -
     item = EvalItem(id="support-001", domain="support", question="How much?", expected_terms=[["$45"]])
     jobs = [Job(item, spec, Setup.parse(spec, policy("support"))) for spec in ("base", "adapter", "base+rag")]
 
-    base, tuned, retrieved = answer_versions(jobs, models, rag)
-    assert base == "/models/SmolLM2", "base-model answers keep their cache keys"
+    base, tuned, retrieved = answer_versions(jobs, models, rag, "vllm:0.32.0")
+    assert base == "/models/SmolLM2|vllm:0.32.0", "base-model answers depend on the model and the server only"
     (adapter / "adapter_model.safetensors").write_bytes(b"weights v2")  # retrained
     (kb / "plans.md").write_text("# Plans\nAcme Unlimited is $50/month.\n")  # the price changed
-    again = answer_versions(jobs, models, rag)
+    again = answer_versions(jobs, models, rag, "vllm:0.32.0")
     assert again[0] == base
     assert again[1] != tuned and again[2] != retrieved, "new weights and new KB text make new cache keys"
+    assert len(set(answer_versions(jobs, models, rag, "vllm:0.33.0")) & set(again)) == 0, "another vLLM re-asks all"
     remote = [models[0], ModelInfo("support", parent="base", root="/srv/adapters/support")]  # weights not readable
-    assert answer_versions(jobs[1:2], remote, rag) == ["/models/SmolLM2|/srv/adapters/support"]
+    ops = vllm_plugin.lora_ops_version()
+    assert answer_versions(jobs[1:2], remote, rag, "vllm:0.32.0") == [
+        f"/models/SmolLM2|vllm:0.32.0|/srv/adapters/support|{ops}"
+    ]
+
+
+def test_the_lora_ops_version_follows_their_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adapter answers are asked again after a change to the CPU LoRA ops: their arithmetic alone changes answers."""
+    copy = tmp_path / "serving"
+    shutil.copytree(Path(vllm_plugin.__file__).parent, copy)
+    monkeypatch.setattr(vllm_plugin, "__file__", str(copy / "vllm_plugin.py"))
+    before = vllm_plugin.lora_ops_version()
+    (copy / "cpu_lora.py").write_text((copy / "cpu_lora.py").read_text() + "\n# PROMPT_BLOCK = 64\n")
+    assert vllm_plugin.lora_ops_version() != before
 
 
 def test_answer_cache_round_trip(tmp_path: Path) -> None:
@@ -455,6 +471,18 @@ def test_cli_starts_its_own_server_and_uses_its_key(server_settings: Settings, t
     assert [(r["spec"], bool(r["answer"]), r.get("error")) for r in lines] == [("base", True, None)], lines
     server = json.loads((out / "run.json").read_text())["server"]
     assert "started by this run" in server and "torch.compile off" in server, "the serving mode the latencies measure"
+
+
+async def test_answers_key_on_the_servers_vllm_version(vllm_server: VLLMServer) -> None:
+    """The version comes from the real server's /version route; a server that cannot say gets one shared value."""
+    import vllm
+
+    client = ServingClient(vllm_server.base_url, api_key=vllm_server.api_key)
+    assert await client.server_version() == f"vllm:{vllm.__version__}"
+    await client.close()
+    dead = ServingClient(f"http://127.0.0.1:{free_port()}/v1")
+    assert await dead.server_version() == "vllm:unknown"
+    await dead.close()
 
 
 def test_cli_end_to_end_and_resume(

@@ -26,6 +26,7 @@ from app.playground import PanelAnswer, Playground
 from app.rag import Citation, RAGStore
 from app.scoring.judge import Judge
 from app.serving.client import ModelInfo
+from app.serving.vllm_plugin import lora_ops_version
 from app.setups import DEFAULT_MAX_TOKENS, EVAL_MATRIX, RECOMMENDED, Setup, SpecError
 
 log = logging.getLogger(__name__)
@@ -128,10 +129,11 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def answer_versions(jobs: Sequence[Job], models: Sequence[ModelInfo], rag: RAGStore) -> list[str]:
-    """Per job, what its answer depends on beyond Setup and question: the base model, the hash of the adapter's
-    weights (its folder as the server names it, where they cannot be read) and the hash of the knowledge base's
-    files, so that a retrained adapter or an edited knowledge base is asked again, not read from the cache."""
+def answer_versions(jobs: Sequence[Job], models: Sequence[ModelInfo], rag: RAGStore, serving: str) -> list[str]:
+    """Per job, what its answer depends on beyond Setup and question: the base model, the server's vLLM version
+    (`serving`), for an adapter the hash of its weights (its folder as the server names it, where they cannot be
+    read) and of the CPU LoRA ops' code, and the hash of the knowledge base's files, so that a retrained adapter, an
+    edited knowledge base or other serving arithmetic is asked again, not read from the cache."""
     base = next(model for model in models if not model.is_adapter)
     weights: dict[str, str] = {}
     for model in models:
@@ -142,7 +144,9 @@ def answer_versions(jobs: Sequence[Job], models: Sequence[ModelInfo], rag: RAGSt
     files = {kb: _sha256(json.dumps(rag.fingerprint(kb), sort_keys=True).encode()) for kb in kbs if kb}
     versions = []
     for job in jobs:
-        parts = [base.root or base.id, weights.get(job.setup.adapter or ""), files.get(job.setup.rag or "")]
+        adapter = job.setup.adapter or ""
+        ops = lora_ops_version() if adapter else ""
+        parts = [base.root or base.id, serving, weights.get(adapter), ops, files.get(job.setup.rag or "")]
         versions.append("|".join(part for part in parts if part))
     return versions
 
@@ -304,7 +308,8 @@ async def evaluate(
         log.warning(warning)
     if not jobs:
         raise EvalError("nothing to ask: " + ("; ".join(warnings) or "no questions"))
-    versions = await asyncio.to_thread(answer_versions, jobs, models, rag)
+    serving = await playground.client.server_version()
+    versions = await asyncio.to_thread(answer_versions, jobs, models, rag, serving)
     cache = AnswerCache() if cache is None else cache
     answers = await collect_answers(playground, jobs, versions=versions, cache=cache, concurrency=concurrency)
     results = await asyncio.to_thread(score_all, jobs, answers, judge)

@@ -162,6 +162,15 @@ class ServingClient:
             raise ServingError(f"the server at {root} answered /tokenize without a token count")
         return int(result["count"]), int(result.get("max_model_len") or 0)
 
+    async def server_version(self) -> str:
+        """The server's vLLM version from its /version route ("unknown" where there is none, e.g. behind a router):
+        part of what an eval answer depends on (app/eval/run.py)."""
+        try:
+            result = await self._client.get(f"{self.base_url.removesuffix('/v1')}/version", cast_to=object)
+        except openai.OpenAIError:
+            return "vllm:unknown"
+        return f"vllm:{result.get('version', 'unknown')}" if isinstance(result, dict) else "vllm:unknown"
+
     async def load_adapter(self, name: str, path: str) -> None:
         """Load a LoRA adapter folder (a path on the servers' machines) as model `name`, into every replica.
 

@@ -26,9 +26,11 @@ point exists. On GPU nothing here is called.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 PATCHED_OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")
@@ -52,6 +54,15 @@ def without_lora_rows(op: Callable[..., Any]) -> Callable[..., Any]:
 
     masked._arena_masked = True  # type: ignore[attr-defined]
     return masked
+
+
+def lora_ops_version() -> str:
+    """A hash of the code that computes adapter deltas inside vLLM on CPU (this plugin and app/serving/cpu_lora.py).
+    A change of its arithmetic alone changes greedy answers, so the eval's answer cache keys adapter answers on it
+    (for a server on another machine it is this checkout's code: a change here re-asks, never reuses wrongly)."""
+    here = Path(__file__).parent
+    code = b"".join((here / name).read_bytes() for name in ("vllm_plugin.py", "cpu_lora.py"))
+    return "lora-ops:" + hashlib.sha256(code).hexdigest()[:16]
 
 
 def lora_ops_setting() -> str:
