@@ -156,12 +156,16 @@ class Fused:
     b: (slots, n_slices * rank, sum(output_slices)), block diagonal: slice i's B maps rank block i to its output
     columns (the zeros outside the blocks add nothing);
     live: per slot, whether it holds any nonzero weight (a slot whose adapter skips this layer, e.g. the
-    embeddings and the LM head of an adapter trained on the linear layers only, is all zeros and is skipped).
+    embeddings and the LM head of an adapter trained on the linear layers only, is all zeros and is skipped);
+    a_of, b_of: per slot, `a[slot : slot + 1]` and `b[slot : slot + 1]`, made once: a decoding step makes 120 LoRA
+    calls, and each op less per call is ~2 % of its LoRA time (docs/performance.md).
     """
 
     a: torch.Tensor
     b: torch.Tensor
     live: tuple[bool, ...]
+    a_of: tuple[torch.Tensor, ...]
+    b_of: tuple[torch.Tensor, ...]
 
 
 class FusedWeights:
@@ -200,7 +204,7 @@ class FusedWeights:
             b[:, n * rank : (n + 1) * rank, column : column + size] = t[:, 0, :size].transpose(1, 2)
             column += size
         live = tuple(bool(a[slot].any()) and bool(b[slot].any()) for slot in range(slots))
-        fused = Fused(a, b, live)
+        fused = Fused(a, b, live, tuple(a[n : n + 1] for n in range(slots)), tuple(b[n : n + 1] for n in range(slots)))
         self._cache[key] = ((*lora_b, *lora_a), versions, fused)
         return fused
 
@@ -224,7 +228,9 @@ def row_products(rows: torch.Tensor, *matrices: torch.Tensor, block: int = 1) ->
         out = F.pad(out, (0, 0, 0, blocks * block - count))
     out = out.view(blocks, block, -1)
     for matrix in matrices:
-        out = torch.bmm(out, matrix.expand(blocks, -1, -1))
+        out = torch.bmm(
+            out, matrix if matrix.dim() == 3 and matrix.shape[0] == blocks else matrix.expand(blocks, -1, -1)
+        )
     out = out.view(blocks * block, -1)
     return out if blocks * block == count else out[:count]  # decode's 120 calls a step: no op more than needed
 
@@ -237,9 +243,10 @@ def lora_delta(
     once, to the output's dtype. vLLM's ops also round the shrunk rows to bfloat16 before a bfloat16 expand;
     skipping that rounding is closer to PEFT's float32 reference (tests/test_adapter_outputs.py), and a float32
     1-row expand is the cheaper product."""
+    a, b = (fused.a_of[slots], fused.b_of[slots]) if isinstance(slots, int) else (fused.a[slots], fused.b[slots])
     if shrink:
-        return row_products(rows, fused.a[slots], fused.b[slots], block=block)
-    return row_products(rows, fused.b[slots], block=block)
+        return row_products(rows, a, b, block=block)
+    return row_products(rows, b, block=block)
 
 
 def add_grouped_lora(y: torch.Tensor, x: torch.Tensor, fused: Fused, step: Step, *, shrink: bool = True) -> None:
@@ -254,15 +261,18 @@ def add_grouped_lora(y: torch.Tensor, x: torch.Tensor, fused: Fused, step: Step,
             delta = delta.index_select(0, singles.present)
         y[:, :width].index_add_(0, singles.targets, delta)
         groups = step.rest
+    everything = slice(0, x.shape[0])
     for group, block in [*((g, 1) for g in groups), *((g, PROMPT_BLOCK) for g in step.prompts)]:
         if not fused.live[group.slot]:
             continue
-        rows = x[group.rows] if isinstance(group.rows, slice) else x.index_select(0, group.rows)
-        delta = lora_delta(rows, fused, group.slot, shrink=shrink, block=block).to(y.dtype)
-        if isinstance(group.rows, slice):
-            y[group.rows, :width] += delta
+        if isinstance(group.rows, slice):  # one run of tokens; all of them for a panel decoding alone: no indexing
+            whole = group.rows == everything
+            delta = lora_delta(x if whole else x[group.rows], fused, group.slot, shrink=shrink, block=block)
+            target = y if whole and width == y.shape[1] else y[group.rows, :width]
+            target += delta.to(y.dtype)
         else:
-            y[:, :width].index_add_(0, group.rows, delta)
+            delta = lora_delta(x.index_select(0, group.rows), fused, group.slot, shrink=shrink, block=block)
+            y[:, :width].index_add_(0, group.rows, delta.to(y.dtype))
 
 
 class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
@@ -276,6 +286,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         self.sampler_step = Step([])  # the same among the rows whose logits are computed
         self.fused = FusedWeights()
         self._slot_ids: tuple[int | None, ...] = ()
+        self._tokens = 0  # the step's token count (`token_lora_indices` slices a tensor at each of 120 calls a step)
 
     def update_metadata(self, mapping: Any, lora_index_to_id: list[int | None], *args: Any, **kwargs: Any) -> None:
         super().update_metadata(mapping, lora_index_to_id, *args, **kwargs)
@@ -283,6 +294,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
             self._slot_ids = tuple(lora_index_to_id)
             self.fused.clear()
         self._step = None
+        self._tokens = self.token_lora_indices.shape[0]
         self.sampler_step = lora_step(self.sampler_indices)
 
     @property
@@ -312,9 +324,9 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
             return
         if self.step.idle:
             return
-        flat_y = y.view(-1, y.shape[-1])
-        flat_x = x.view(-1, x.shape[-1])
-        if flat_x.shape[0] != self.token_lora_indices.shape[0]:  # not one row per token: vLLM's own path
+        flat_y = y if y.dim() == 2 else y.view(-1, y.shape[-1])
+        flat_x = x if x.dim() == 2 else x.view(-1, x.shape[-1])
+        if flat_x.shape[0] != self._tokens:  # not one row per token: vLLM's own path
             super().add_lora_linear(y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer)
             return
         fused = self.fused.get(lora_a_stacked, lora_b_stacked, output_slices, scale)
@@ -334,7 +346,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
             return
         if self.step.idle:
             return
-        if not add_inputs or lora_b_stacked.ndim != 4 or x.shape[0] != self.token_lora_indices.shape[0]:
+        if not add_inputs or lora_b_stacked.ndim != 4 or x.shape[0] != self._tokens:
             super().add_lora_embedding(y, x, lora_b_stacked, add_inputs, **kwargs)
             return
         no_a = lora_b_stacked.new_ones(lora_b_stacked.shape[0], 1, 1, 1)  # no shrink here: only B decides `live`
