@@ -181,6 +181,8 @@ def test_prompt_tokens_come_from_the_forward_passs_metadata() -> None:
         assert prompt_tokens(8) is None
     with forward_pass([1, 1, 1]):
         assert prompt_tokens(3) is None
+    with forward_pass([]):
+        assert prompt_tokens(0) is None
     assert prompt_tokens(7) is None
 
 

@@ -121,7 +121,7 @@ def prompt_tokens(tokens: int) -> torch.Tensor | None:
     if starts is None:
         return None
     lengths = starts.diff()
-    if int(lengths.sum()) != tokens or int(lengths.max()) <= 1:
+    if lengths.numel() == 0 or int(lengths.sum()) != tokens or int(lengths.max()) <= 1:
         return None
     return torch.repeat_interleave(lengths > 1, lengths)
 
@@ -158,7 +158,7 @@ class Fused:
     live: per slot, whether it holds any nonzero weight (a slot whose adapter skips this layer, e.g. the
     embeddings and the LM head of an adapter trained on the linear layers only, is all zeros and is skipped);
     a_of, b_of: per slot, `a[slot : slot + 1]` and `b[slot : slot + 1]`, made once: a decoding step makes 120 LoRA
-    calls, and each op less per call is ~2 % of its LoRA time (docs/performance.md).
+    calls, and each op less per call is ~4 % of its LoRA time (docs/performance.md).
     """
 
     a: torch.Tensor
