@@ -111,7 +111,10 @@ def prompt_tokens(tokens: int) -> torch.Tensor | None:
     """Per token of the step being run, whether its request has several tokens in the step (a prompt or a chunk of
     one), from the query lengths in the attention metadata vLLM sets for the forward pass. None when no token does,
     or when there is no such metadata (a profile run) or it does not describe `tokens` tokens: all are then decode
-    tokens, which is always correct, only slower for a prompt."""
+    tokens, which is always correct, only slower for a prompt. Known limit: a prompt token alone in its request's
+    step (all of the prompt but one token found in vLLM's prefix cache, or a one-token chunk) counts as a decode
+    token, so re-asking an identical prompt on a warm server can round that token's delta differently
+    (docs/performance.md)."""
     if not is_forward_context_available():
         return None
     metadata = get_forward_context().attn_metadata
