@@ -20,7 +20,8 @@ from vllm.lora.punica_wrapper import punica_cpu
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 from app.serving import vllm_plugin
-from app.serving.cpu_lora import PROMPT_BLOCK, GroupedPunicaWrapperCPU, lora_groups, prompt_tokens, row_products
+from app.serving.cpu_lora import PROMPT_BLOCK, GroupedPunicaWrapperCPU, row_products
+from app.serving.lora_grouping import lora_groups, prompt_tokens
 from bench.lora_step import forward_pass
 
 MAX_LORAS, RANK, HIDDEN = 4, 8, 48

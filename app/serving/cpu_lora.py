@@ -6,7 +6,7 @@ per-token einsum: ~4,200 small ops and megabytes of copies per decoding step wit
 tokens without an adapter (index -1) the last slot's adapter (see app/serving/vllm_plugin.py).
 
 `GroupedPunicaWrapperCPU` keeps vLLM's metadata and replaces the linear-layer path:
-- once per step (`update_metadata`), the tokens are grouped by adapter slot (`lora_groups`): one contiguous run
+- once per step, the tokens are grouped by adapter slot (app/serving/lora_grouping.py): one contiguous run
   becomes a slice (a view, no copy), several runs of one slot become one row-index tensor; index -1 (base) tokens
   are in no group, so they cost nothing and get exactly no delta; a step with no adapter does no LoRA work;
 - per layer and group, the layer's slices (q, k, v or gate, up) are fused (`FusedWeights`): their A matrices
@@ -36,119 +36,17 @@ whose eager body is the code above, reading the grouping of the step being run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from vllm.forward_context import get_forward_context, is_forward_context_available
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 from vllm.utils.torch_utils import direct_register_custom_op
 
-
-@dataclass(frozen=True)
-class Group:
-    """The rows of one step that use adapter slot `slot`: a slice (one contiguous run) or row indices."""
-
-    slot: int
-    rows: slice | torch.Tensor
-
-
-@dataclass(frozen=True)
-class Singles:
-    """Adapter slots `slots` (a contiguous range) that have one token each in a step, done as one batched product.
-
-    rows[i] is the token of slot `slots.start + i`; a slot of the range without a token gets a stand-in row whose
-    result is dropped: `present` lists the positions that have one (None when all have), `targets` their rows.
-    """
-
-    slots: slice
-    rows: torch.Tensor
-    present: torch.Tensor | None
-    targets: torch.Tensor
-
+from app.serving.lora_grouping import Step, lora_step, prompt_tokens
 
 PROMPT_BLOCK = 32  # rows per product for a prompt's tokens (row_products); fixed, so a row's bits never depend on it
-
-
-@dataclass(frozen=True)
-class Step:
-    """A step's tokens by adapter slot (-1 tokens are in no group): `prompts` has the prompt tokens of each slot,
-    `groups` its decode tokens; `singles`, when two or more slots have exactly one decode token (several panels
-    decoding at once), batches those, and `rest` is the decode groups it leaves out."""
-
-    groups: list[Group]
-    singles: Singles | None = None
-    rest: list[Group] = field(default_factory=list)
-    prompts: list[Group] = field(default_factory=list)
-
-    @property
-    def idle(self) -> bool:
-        """No token of the step uses an adapter."""
-        return not self.groups and not self.prompts
-
-
-def lora_groups(indices: torch.Tensor) -> list[Group]:
-    """Group a step's per-token slot indices (-1 = no adapter) by slot; -1 rows are in no group."""
-    values, counts = torch.unique_consecutive(indices, return_counts=True)
-    runs: dict[int, list[tuple[int, int]]] = {}
-    start = 0
-    for value, count in zip(values.tolist(), counts.tolist(), strict=True):
-        if value >= 0:
-            runs.setdefault(value, []).append((start, start + count))
-        start += count
-    groups = []
-    for slot, spans in runs.items():
-        if len(spans) == 1:
-            groups.append(Group(slot, slice(*spans[0])))
-        else:
-            rows = torch.cat([torch.arange(begin, end, device=indices.device) for begin, end in spans])
-            groups.append(Group(slot, rows))
-    return groups
-
-
-def prompt_tokens(tokens: int) -> torch.Tensor | None:
-    """Per token of the step being run, whether its request has several tokens in the step (a prompt or a chunk of
-    one), from the query lengths in the attention metadata vLLM sets for the forward pass. None when no token does,
-    or when there is no such metadata (a profile run) or it does not describe `tokens` tokens: all are then decode
-    tokens, which is always correct, only slower for a prompt. Known limit: a prompt token alone in its request's
-    step (all of the prompt but one token found in vLLM's prefix cache, or a one-token chunk) counts as a decode
-    token, so re-asking an identical prompt on a warm server can round that token's delta differently
-    (docs/performance.md)."""
-    if not is_forward_context_available():
-        return None
-    metadata = get_forward_context().attn_metadata
-    if not isinstance(metadata, dict) or not metadata:
-        return None
-    starts = getattr(next(iter(metadata.values())), "query_start_loc", None)
-    if starts is None:
-        return None
-    lengths = starts.diff()
-    if lengths.numel() == 0 or int(lengths.sum()) != tokens or int(lengths.max()) <= 1:
-        return None
-    return torch.repeat_interleave(lengths > 1, lengths)
-
-
-def lora_step(indices: torch.Tensor, prompt: torch.Tensor | None = None) -> Step:
-    """`lora_groups` of the prompt tokens (`prompt`: a mask, see `prompt_tokens`) and of the decode tokens, the
-    decode tokens' one-token slots batched together when there are two or more of them."""
-    prompts = []
-    if prompt is not None:
-        prompts = lora_groups(indices.masked_fill(~prompt, -1))
-        indices = indices.masked_fill(prompt, -1)
-    groups = lora_groups(indices)
-    single = {g.slot: g.rows.start for g in groups if isinstance(g.rows, slice) and g.rows.stop - g.rows.start == 1}
-    if len(single) < 2:
-        return Step(groups, prompts=prompts)
-    low, high = min(single), max(single) + 1
-    stand_in = next(iter(single.values()))
-    rows = torch.tensor([single.get(slot, stand_in) for slot in range(low, high)], device=indices.device)
-    present = None
-    if len(single) < high - low:
-        present = torch.tensor([n for n, slot in enumerate(range(low, high)) if slot in single], device=indices.device)
-    targets = rows if present is None else rows.index_select(0, present)
-    rest = [g for g in groups if g.slot not in single]
-    return Step(groups, Singles(slice(low, high), rows, present, targets), rest, prompts)
 
 
 @dataclass(frozen=True)

@@ -57,11 +57,12 @@ def without_lora_rows(op: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def lora_ops_version() -> str:
-    """A hash of the code that computes adapter deltas inside vLLM on CPU (this plugin and app/serving/cpu_lora.py).
+    """A hash of the code that computes adapter deltas inside vLLM on CPU (this plugin, app/serving/cpu_lora.py and
+    the grouping it follows, app/serving/lora_grouping.py).
     A change of its arithmetic alone changes greedy answers, so the eval's answer cache keys adapter answers on it
     (for a server on another machine it is this checkout's code: a change here re-asks, never reuses wrongly)."""
     here = Path(__file__).parent
-    code = b"".join((here / name).read_bytes() for name in ("vllm_plugin.py", "cpu_lora.py"))
+    code = b"".join((here / name).read_bytes() for name in ("vllm_plugin.py", "cpu_lora.py", "lora_grouping.py"))
     return "lora-ops:" + hashlib.sha256(code).hexdigest()[:16]
 
 
