@@ -56,10 +56,18 @@ def wrappers(ids: list[int]) -> tuple[PunicaWrapperCPU, GroupedPunicaWrapperCPU]
     return made
 
 
-def stacked(output_slices: tuple[int, ...], dtype: torch.dtype, rng: torch.Generator) -> tuple[tuple, tuple]:
+def stacked(
+    output_slices: tuple[int, ...],
+    dtype: torch.dtype,
+    rng: torch.Generator,
+    *,
+    rank: int = RANK,
+    hidden: int = HIDDEN,
+    b_scale: float = 0.1,
+) -> tuple[tuple, tuple]:
     """Random stacked weights as vLLM stores them: A (slots, 1, rank, in), B (slots, 1, out, rank)."""
-    a = tuple(torch.randn(MAX_LORAS, 1, RANK, HIDDEN, generator=rng).to(dtype) for _ in output_slices)
-    b = tuple(torch.randn(MAX_LORAS, 1, size, RANK, generator=rng).to(dtype) * 0.1 for size in output_slices)
+    a = tuple(torch.randn(MAX_LORAS, 1, rank, hidden, generator=rng).to(dtype) for _ in output_slices)
+    b = tuple(torch.randn(MAX_LORAS, 1, size, rank, generator=rng).to(dtype) * b_scale for size in output_slices)
     return a, b
 
 
@@ -101,13 +109,6 @@ def test_a_tokens_shrink_does_not_depend_on_its_batch(tokens: int) -> None:
 SERVED_SLICES = (576, 192, 192)  # SmolLM2-135M's fused q, k, v outputs, from hidden 576
 
 
-def served_weights(rng: torch.Generator) -> tuple[tuple, tuple]:
-    """Random rank-16 q, k, v adapter weights at the served model's shapes, in bfloat16."""
-    lora_a = tuple(torch.randn(MAX_LORAS, 1, 16, 576, generator=rng).to(torch.bfloat16) for _ in SERVED_SLICES)
-    lora_b = tuple((torch.randn(MAX_LORAS, 1, n, 16, generator=rng) * 0.05).to(torch.bfloat16) for n in SERVED_SLICES)
-    return lora_a, lora_b
-
-
 def served_outputs(
     ids: list[int], x: torch.Tensor, weights: tuple[tuple, tuple], lengths: list[int] | None = None
 ) -> torch.Tensor:
@@ -129,7 +130,7 @@ def test_a_tokens_delta_is_the_same_bits_in_any_batch() -> None:
     each other adapter (the batched one-token path: panels decoding at once), beside more tokens of its own
     adapter, and in mixed steps, bit for bit. Anything else lets a request's greedy answer change with its batch."""
     rng = torch.Generator().manual_seed(17)
-    weights = served_weights(rng)
+    weights = stacked(SERVED_SLICES, torch.bfloat16, rng, rank=16, hidden=576, b_scale=0.05)
     batches = {  # (tokens a step, the adapters of the steps' tokens; 0: no adapter): a few hundred tokens each,
         # as a difference shows in about one token's output in fifty
         "one token of each adapter": (4, [11, 12, 13, 14] * 64),
@@ -155,7 +156,7 @@ def test_a_prompts_delta_is_the_same_bits_in_any_step() -> None:
     adapters' prompts, decode tokens and base tokens; and it is the one-row products' result up to float32
     summation order."""
     rng = torch.Generator().manual_seed(23)
-    weights = served_weights(rng)
+    weights = stacked(SERVED_SLICES, torch.bfloat16, rng, rank=16, hidden=576, b_scale=0.05)
     requests = [(12, 37), (11, 1), (12, 50), (12, 1), (13, 5), (0, 10), (12, 2), (14, 1), (12, PROMPT_BLOCK + 3)]
     ids = [lora_id for lora_id, tokens in requests for _ in range(tokens)]
     lengths = [tokens for _, tokens in requests]

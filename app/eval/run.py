@@ -142,11 +142,17 @@ def answer_versions(jobs: Sequence[Job], models: Sequence[ModelInfo], rag: RAGSt
             weights[model.id] = _sha256(path.read_bytes()) if model.root and path.is_file() else model.root or model.id
     kbs = {job.setup.rag for job in jobs} - {None}
     files = {kb: _sha256(json.dumps(rag.fingerprint(kb), sort_keys=True).encode()) for kb in kbs if kb}
+    ops = lora_ops_version()  # reads and hashes files: once, not per job
     versions = []
     for job in jobs:
         adapter = job.setup.adapter or ""
-        ops = lora_ops_version() if adapter else ""
-        parts = [base.root or base.id, serving, weights.get(adapter), ops, files.get(job.setup.rag or "")]
+        parts = [
+            base.root or base.id,
+            serving,
+            weights.get(adapter),
+            ops if adapter else "",
+            files.get(job.setup.rag or ""),
+        ]
         versions.append("|".join(part for part in parts if part))
     return versions
 
