@@ -2,8 +2,9 @@
 
 It lists a base model and adapters like vLLM does (`/v1/models` with `parent`), streams scripted answers from
 `/v1/chat/completions` in OpenAI's SSE format (with a final usage chunk), can fail with a status code before or in
-the middle of a stream, or wait before each token, and keeps every request it got so a test can check what the app
-sent, and the most answers it streamed at once. Runs uvicorn in a thread on a loopback port:
+the middle of a stream, or wait before each token, can hold its model list (a busy server), and keeps every request
+it got so a test can check what the app sent, and the most answers it streamed at once. Runs uvicorn in a thread on a
+loopback port:
 
     with FakeOpenAI() as fake:
         fake.script("base", "Hello <b>world</b>", delay_s=0.01)
@@ -54,6 +55,7 @@ class FakeOpenAI:
     headers: list[dict[str, str]] = field(default_factory=list)  # each chat request's headers
     hits: list[str] = field(default_factory=list)  # every other path requested (e.g. an image a page tried to load)
     model_lists: int = 0  # how often /v1/models was asked
+    models_open: threading.Event = field(default_factory=threading.Event)  # clear it to hold /v1/models' answers
     context: int = 2048  # the max_model_len /tokenize reports
     streaming: int = 0  # answers being streamed now
     peak_streaming: int = 0  # the most at once so far
@@ -72,6 +74,7 @@ class FakeOpenAI:
         @api.get("/v1/models")
         async def models() -> dict[str, Any]:
             self.model_lists += 1
+            await asyncio.to_thread(self.models_open.wait)
             entries = [{"id": self.base, "object": "model", "root": "/models/fake", "parent": None}]
             entries += [{"id": name, "object": "model", "root": f"/adapters/{name}", "parent": self.base}
                         for name in self.adapters]  # fmt: skip
@@ -141,6 +144,7 @@ class FakeOpenAI:
 
     def __enter__(self) -> FakeOpenAI:
         self.port = self.port or free_port()
+        self.models_open.set()
         config = uvicorn.Config(self.app(), host="127.0.0.1", port=self.port, log_level="error", lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)

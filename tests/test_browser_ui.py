@@ -1,6 +1,7 @@
-"""What a user sees, in headless Chromium on the scripted server: Enter sends and the answers come into view, the
-seed stays blank, Stop marks what it stopped and Export keeps it, unloading asks first, the Eval chart draws bars,
-and a phone shows every tab. Screenshots land in test-artifacts/."""
+"""What a user sees, in headless Chromium on the scripted server: Enter sends and the answers come into view, the seed
+stays blank, Stop marks what it stopped and Export keeps it, unloading asks first, the Eval chart draws bars, the
+Arena's pool offers what the server serves and keeps the user's ticks, and a phone shows every tab. Screenshots land
+in test-artifacts/."""
 
 from __future__ import annotations
 
@@ -36,14 +37,16 @@ def choose(page: Page, label: str, value: str) -> None:
 
 
 def test_enter_sends_and_the_answers_come_into_view(page: Page, fake_server: FakeOpenAI) -> None:
-    fake_server.script("base", "Acme Unlimited is $45 a month.")
+    fake_server.script("base", "Acme Unlimited is $45 a month.", chunks=6, delay_s=0.5)  # 3 s of streaming
     question = page.get_by_label("Your question")
     question.fill("How much is Acme Unlimited?")
     question.press("Enter")
     answer = page.locator(".bot").first
-    expect(answer).to_contain_text("Acme Unlimited is $45", timeout=30_000)
+    expect(page.locator("#panels")).to_be_in_viewport()  # at 1280x800 the panels come into view as they start
+    assert "a month." not in page.locator("#panels").inner_text(), "in view while the answers stream, not after"
+    expect(answer).to_contain_text("Acme Unlimited is $45 a month.", timeout=30_000)
     expect(question).to_have_value("How much is Acme Unlimited?"), "Enter sent it instead of adding a line"
-    expect(answer).to_be_in_viewport(), "at 1280x800 the answers are scrolled into view"
+    expect(answer).to_be_in_viewport()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "compare-after-enter.png")
 
@@ -114,14 +117,57 @@ def test_the_eval_chart_draws_one_bar_per_row(page: Page, fake_server: FakeOpenA
     page.screenshot(path=ARTIFACTS / "eval-chart.png", full_page=True)
 
 
-def test_arena_enter_starts_a_round(page: Page) -> None:
+def test_arena_enter_starts_a_round(page: Page, fake_server: FakeOpenAI) -> None:
     page.get_by_role("tab", name="Arena").click()
     page.get_by_label("support", exact=True).check()
     prompt = page.get_by_label("Your prompt")
+    fake_server.script("base", "Yes, you can keep your number.", chunks=6, delay_s=0.5)  # 3 s of streaming
     prompt.fill("Can I keep my number?")
     prompt.press("Enter")
-    expect(page.get_by_role("button", name="A is better")).to_be_enabled(timeout=30_000)
+    a_better = page.get_by_role("button", name="A is better")
+    expect(page.locator("#arena-answers")).to_be_in_viewport(ratio=0.9)  # the answers come into view as they start
+    expect(a_better).to_be_disabled(), "in view while the answers stream, not after"
+    expect(a_better).to_be_enabled(timeout=30_000)
     expect(page.locator(".bot").last).to_be_in_viewport()
+
+
+def test_a_slow_page_load_keeps_the_arena_ticks(browser: Browser, fake_app: str, fake_server: FakeOpenAI) -> None:
+    """The page asks the server for its adapters when it loads; on a busy server that answer can come after the
+    user ticked the Arena's pool, and it must not reset the ticks (it once did: a round then drew from defaults)."""
+    fake_server.adapters = ["finance", "legal", "medical", "support"]  # the page's guess is right: nothing to narrow
+    fake_server.script("base", "A scripted answer.", delay_s=0.05)
+    fake_server.models_open.clear()  # the server holds its answers to the page's load events
+    page = browser.new_page(viewport=DESKTOP)
+    page.goto(fake_app)
+    page.get_by_role("tab", name="Arena").click()
+    for _ in range(600):  # until a load event waits on the server
+        if fake_server.model_lists:
+            break
+        page.wait_for_timeout(50)
+    assert fake_server.model_lists, "the page asked the server for its adapters"
+    ticks = {"base model": True, "base model + finance persona": True, "finance adapter + finance persona": False,
+             "base model + finance persona + RAG(finance)": False}  # fmt: skip
+    for label, ticked in ticks.items():
+        page.get_by_label(label, exact=True).set_checked(ticked)
+    fake_server.models_open.set()
+    prompt = page.get_by_label("Your prompt")
+    prompt.fill("What is a bond?")
+    prompt.press("Enter")
+    expect(page.get_by_role("button", name="A is better")).to_be_enabled(timeout=30_000)
+    for label, ticked in ticks.items():
+        assert page.get_by_label(label, exact=True).is_checked() == ticked, f"{label} changed after the page loaded"
+    assert {request["model"] for request in fake_server.requests} == {"base"}, "the round drew from the user's ticks"
+    page.close()
+
+
+def test_the_arena_pool_offers_only_served_adapters(page: Page) -> None:
+    """The page is built guessing that the opening domain's adapter is served; the scripted server serves only
+    `support`, so once loaded the finance pool offers no adapter (a round with it would fail)."""
+    page.get_by_role("tab", name="Arena").click()
+    expect(page.get_by_label("base model + finance persona", exact=True)).to_be_checked()
+    expect(page.get_by_label("finance adapter + finance persona", exact=True)).to_have_count(0)
+    page.get_by_label("support", exact=True).check()
+    expect(page.get_by_label("support adapter + support persona", exact=True)).to_be_checked()
 
 
 def test_a_phone_shows_every_tab(browser: Browser, fake_app: str) -> None:

@@ -182,6 +182,14 @@ class _ArenaTab:
     async def on_load(self) -> Updates:
         return {self.adapters: await self.served_adapters()}
 
+    def on_loaded(self, domain: str, adapters: list[str], keep: list[str]) -> Updates:
+        """Narrow the pool once the page knows what the server serves, but only where the page's guess (the domain's
+        adapter is served) was wrong: a load that finishes after the user ticked the pool must not undo the ticks."""
+        guessed = {self.content.domains[domain].adapter} if domain else set()
+        if domain and self.pool_choices(domain, adapters) != self.pool_choices(domain, guessed):
+            return self.show_pool(domain, adapters, keep)
+        return {self.pool: gr.skip()}
+
     async def on_adapters_changed(self, domain: str, keep: list[str]) -> Updates:
         adapters = await self.served_adapters()
         return {self.adapters: adapters, **self.show_pool(domain, adapters, keep)}
@@ -295,18 +303,20 @@ class _ArenaTab:
         }
 
     def wire(self, demo: gr.Blocks) -> ArenaEvents:
-        domain_event: dict[str, Any] = {
-            "fn": self.on_domain,
-            "inputs": [self.domain, self.adapters],
-            "outputs": [self.adapters, self.pool, self.example],
-        }
-        self.domain.change(**domain_event, api_name="arena_domain")
+        self.domain.change(
+            self.on_domain,
+            inputs=[self.domain, self.adapters],
+            outputs=[self.adapters, self.pool, self.example],
+            api_name="arena_domain",
+        )
         demo.load(self.on_load, outputs=self.adapters, api_visibility="private").then(
-            **domain_event, api_visibility="private"
+            self.on_loaded, inputs=[self.domain, self.adapters, self.pool], outputs=self.pool, api_visibility="private"
         )
         self.example.change(
             lambda text: text or gr.skip(), inputs=self.example, outputs=self.prompt, api_visibility="private"
         )
+        # Before the round's event: the browser runs a trigger's listeners in order, each after the last one's stream.
+        gr.on([self.new_round.click, self.prompt.submit], None, js=SCROLL_TO_ANSWERS)
         gr.on(
             [self.new_round.click, self.prompt.submit],
             self.play,
@@ -314,7 +324,6 @@ class _ArenaTab:
             outputs=[*self.chats, *self.reveals, *self.buttons, self.message, self.current, self.rng],
             api_name="arena_round",
         )
-        gr.on([self.new_round.click, self.prompt.submit], None, js=SCROLL_TO_ANSWERS)
         # One vote at a time, app-wide (a vote takes milliseconds), so a double click cannot store a round twice.
         votes = [
             button.click(

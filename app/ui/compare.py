@@ -90,12 +90,14 @@ def render(services: Services, demo: gr.Blocks) -> dict[str, Any]:
                *(p.citations for p in panels), *(p.history for p in panels), last]  # fmt: skip
     inputs = [question, domain, count, *(c for p in panels for c in p.inputs)]
     handler = answer_all_handler(services, panels, last)
+    # At 1280x800 the panels start below the fold: bring them up. Registered before the answers' event because the
+    # browser runs a trigger's listeners in order and waits for each one's stream to end before the next.
+    for trigger in (send.click, question.submit):
+        trigger(None, js=SCROLL_TO_PANELS)
     events: list[dict[str, Any]] = [
         send.click(handler, inputs=inputs, outputs=outputs, api_name="answer_all"),
         question.submit(handler, inputs=inputs, outputs=outputs, api_visibility="private"),
     ]
-    for trigger in (send.click, question.submit):  # at 1280x800 the panels start below the fold: bring them up
-        trigger(None, js=SCROLL_TO_PANELS)
     chats = [p.chatbot for p in panels]
     stop.click(None, cancels=events).then(
         mark_stopped, inputs=[last, *chats], outputs=[last, *chats], api_name="compare_stop"
