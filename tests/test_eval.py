@@ -163,7 +163,7 @@ def test_verdict_needs_the_baseline() -> None:
 
 def assert_summary_schema(summary: Mapping[str, Any]) -> None:
     """summary.json as docs/eval.md documents it."""
-    assert set(summary) == {"version", "rows", "verdict"} and summary["version"] == 2
+    assert set(summary) == {"version", "rows", "verdict"} and summary["version"] == 3
     for r in summary["rows"]:
         assert set(r) >= ROW_KEYS, ROW_KEYS - set(r)
         assert r["model"] == "base" or r["model"] == r["domain"]

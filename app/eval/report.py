@@ -115,11 +115,24 @@ def _quality_numbers(decision: Decision) -> str:
     )
 
 
+def _gains_with_intervals(decision: Decision) -> str:
+    """E.g. "adapter+persona +0.15 [+0.09, +0.22] · base+persona+rag +0.03 [-0.05, +0.09]": each quality gain over
+    base + persona with its 95 % paired interval, to read against the margin."""
+    return " · ".join(
+        f"{spec} {gain:+.2f} [{low:+.2f}, {high:+.2f}]"
+        for spec, gain in decision.gains.items()
+        for low, high in [decision.intervals.get(spec, {}).get("quality", (None, None))]
+        if low is not None and high is not None
+    )
+
+
 def verdict_items(summary: Summary) -> list[tuple[str, str, str, str]]:
     """(domain, verdict, reason, the numbers behind it) per domain, as plain (unescaped) text."""
     items = []
     for domain, decision in summary.verdict.items():
         notes = [f"quality {_quality_numbers(decision) or 'not measured'}", f"margin {decision.margin:g}"]
+        if gains := _gains_with_intervals(decision):
+            notes.append(f"gains over base+persona, 95 % intervals: {gains}")
         if decision.axes:
             notes.append("best by axis: " + axes_text(decision))
         if decision.split != "eval":

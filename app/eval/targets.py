@@ -13,8 +13,9 @@ on (the paraphrases, when the run has them), adapter + persona against base + pe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+from app.eval.intervals import Interval
 from app.eval.verdict import Summary, SummaryRow
 from app.setups import ADAPTER, PROMPT
 
@@ -37,19 +38,35 @@ NOTE = (
     "Targets: adapter + persona against base + persona, RAG off, on the split the verdict is decided on; loops over "
     "every configuration the run has. The brand-voice targets (support's) are the adapter + persona's: the share of "
     "questions that expect figures whose answer states every one of them and no known-false claim, and the share of "
-    "answers ending with the persona's sign-off; – in a domain without a brand voice."
+    "answers ending with the persona's sign-off; – in a domain without a brand voice. In brackets: the 95 % interval "
+    "of the adapter's difference from base + persona over the questions (paired bootstrap, docs/eval.md); *within "
+    "noise* when it straddles the target's threshold, so that another run or other questions could decide it."
 )
 
 
-def _cell(values: Sequence[float | None], shown: str, met: Callable[..., bool]) -> str:
-    """One target's cell: "not measured" when a value is missing, else the values shown and whether they meet it."""
+def _cell(
+    values: Sequence[float | None],
+    shown: str,
+    met: Callable[..., bool],
+    spread: Interval | None = None,
+    at: float = 0.0,
+) -> str:
+    """One target's cell: "not measured" when a value is missing, else the values shown, the `spread` of the
+    difference behind them in brackets, and whether they meet the target ("within noise" when the spread contains
+    the threshold `at`, so that another run or other questions could decide it)."""
     if any(value is None for value in values):
         return "not measured"
-    return f"{shown.format(*values)}: {'met' if met(*values) else 'not met'}"
+    bracket = noise = ""
+    if spread is not None:
+        bracket = f" [{spread[0]:+.2f}, {spread[1]:+.2f}]"
+        noise = ", within noise" if spread[0] <= at <= spread[1] else ""
+    return f"{shown.format(*values)}{bracket}: {'met' if met(*values) else 'not met'}{noise}"
 
 
-def domain_targets(rows: list[SummaryRow]) -> list[str]:
-    """One domain's cells (after domain and split): each target's measured value and whether it is met."""
+def domain_targets(rows: list[SummaryRow], intervals: Mapping[str, Interval] | None = None) -> list[str]:
+    """One domain's cells (after domain and split): each target's measured value and whether it is met; `intervals`
+    (the adapter's, from `Decision.intervals`) adds the spread of the two differences from base + persona."""
+    intervals = intervals or {}
     by_spec = {row.spec: row for row in rows}
     base, adapter = by_spec.get(PROMPT), by_spec.get(ADAPTER)
     terms = [row.terminology_accuracy if row else None for row in (base, adapter)]
@@ -59,8 +76,8 @@ def domain_targets(rows: list[SummaryRow]) -> list[str]:
     worst = max((row.loop_rate for row in rows if row.loop_rate is not None), default=None)
     worst_spec = next((row.spec for row in rows if worst is not None and row.loop_rate == worst), "")
     cells = [
-        _cell([gain], "{:+.2f}", lambda g: g >= TERMINOLOGY_GAIN),
-        _cell(made_up, "{:.2f} vs {:.2f}", lambda a, b: a <= b),
+        _cell([gain], "{:+.2f}", lambda g: g >= TERMINOLOGY_GAIN, intervals.get("terminology"), TERMINOLOGY_GAIN),
+        _cell(made_up, "{:.2f} vs {:.2f}", lambda a, b: a <= b, intervals.get("hallucination")),
         _cell([worst], f"worst {{:.0%}} ({worst_spec})", lambda w: w <= LOOP_RATE),
     ]
     if not any(row.style_score is not None for row in rows):  # no brand voice: those targets do not apply
@@ -76,6 +93,7 @@ def targets_table(summary: Summary) -> list[list[str]]:
     """A row per domain: its name, the split measured, then `domain_targets` (plain text, domain unescaped)."""
     table = []
     for domain in summary.domains:
-        rows = summary.verdict_rows(domain)
-        table.append([domain, rows[0].split if rows else "–", *domain_targets(rows)])
+        rows, decision = summary.verdict_rows(domain), summary.verdict.get(domain)
+        intervals = decision.intervals.get(ADAPTER) if decision else None
+        table.append([domain, rows[0].split if rows else "–", *domain_targets(rows, intervals)])
     return table

@@ -12,9 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from app.eval.intervals import Interval, paired_intervals
 from app.setups import ADAPTER, COMBINED, PROMPT, RAG
 
-SUMMARY_VERSION = 2  # 2: a version field; rows and verdicts as in version 1 (docs/eval.md)
+SUMMARY_VERSION = 3  # 2: a version field; 3: each verdict's paired intervals (docs/eval.md)
 VERDICT_SPLIT = "paraphrase"  # the split verdicts are decided on, when the run has it: new wording, same facts
 VERDICT_MARGIN = 0.05  # a gain in mean quality (0-1) below this is noise, not a reason to train or retrieve
 Verdict = Literal["fine-tune", "RAG", "prompt", "combine"]
@@ -67,6 +68,8 @@ class Decision(BaseModel):
     numbers: dict[str, dict[str, float | int | None]]
     axes: dict[str, Axis] = {}
     split: str = "eval"  # the split the verdict was decided on (the paraphrase split when the run has one)
+    # role spec -> "quality" | "terminology" | "hallucination" -> 95 % interval of its difference from base + persona
+    intervals: dict[str, dict[str, Interval]] = {}
 
 
 class Summary(BaseModel):
@@ -315,7 +318,9 @@ def summarize(
         splits = {row.split for row in rows if row.domain == domain}
         split = VERDICT_SPLIT if VERDICT_SPLIT in splits else "eval"  # judged on wording it was not trained on
         mine = [row for row in rows if row.domain == domain and row.split == split]
-        verdict[domain] = decide_verdict(mine, volatile=domain in volatile, margin=margin)
+        decision = decide_verdict(mine, volatile=domain in volatile, margin=margin)
+        roles = {spec: groups[domain, split, spec] for spec in ROLE_NAMES if (domain, split, spec) in groups}
+        verdict[domain] = decision.model_copy(update={"intervals": paired_intervals(roles, PROMPT)})
     return Summary(rows=rows, verdict=verdict)
 
 
