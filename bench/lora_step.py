@@ -42,11 +42,11 @@ RANK, SLOTS = 16, 4
 SLOT_IDS = [1, 2, 3, 4]  # LoRA ids in slots 0..3
 PROMPT = 512  # tokens of the prefill case (a RAG prompt is ~900); it runs PROMPT_STEPS steps a round, not --steps
 PROMPT_STEPS = 2
-CASES = {
-    "one adapter, 1 token": [2],
-    "one adapter, 2 tokens": [2, 2],
-    "4 adapters, 1 token each": [1, 2, 3, 4],
-    f"one adapter, a {PROMPT}-token prompt (prefill)": [2] * PROMPT,
+CASES = {  # case -> the LoRA id of each request in the step, and how many tokens each request has in it
+    "one adapter, 1 token": ([2], 1),
+    "one adapter, 2 tokens": ([2, 2], 1),
+    "4 adapters, 1 token each": ([1, 2, 3, 4], 1),
+    f"one adapter, a {PROMPT}-token prompt (prefill)": ([2], PROMPT),
 }
 OPS = {"vLLM's ops": PunicaWrapperCPU, "ours": GroupedPunicaWrapperCPU}
 Layer = tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], tuple[int, ...]]
@@ -100,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     config = json.loads((model_dir / "config.json").read_text())
     model = layers(config, torch.Generator().manual_seed(0))
     wrappers = {}
-    for case, ids in CASES.items():
-        mapping = LoRAMapping(index_mapping=tuple(ids), prompt_mapping=tuple(ids), is_prefill=len(ids) == PROMPT)
+    for case, (requests, length) in CASES.items():
+        ids = tuple(lora_id for lora_id in requests for _ in range(length))
+        mapping = LoRAMapping(index_mapping=ids, prompt_mapping=ids, is_prefill=length > 1)
         for ops, kind in OPS.items():
             wrapper = kind(2 * PROMPT, 16, "cpu")
             wrapper.update_metadata(mapping, list(SLOT_IDS), SLOTS, 1000)
@@ -113,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     for number in range(args.rounds + 1):
         rng.shuffle(order)
         for case, ops in order:
-            tokens = len(CASES[case])
-            with forward_pass([PROMPT] if tokens == PROMPT else [1] * tokens):
-                took = step_ms(wrappers[case, ops], model, tokens, PROMPT_STEPS if tokens == PROMPT else args.steps)
+            requests, length = CASES[case]
+            with forward_pass([length] * len(requests)):
+                steps = PROMPT_STEPS if length > 1 else args.steps
+                took = step_ms(wrappers[case, ops], model, length * len(requests), steps)
             if number:  # round 0 warms up (the fused weights are built on first use)
                 samples[f"{case} | {ops}"].append(took)
     rows = ["| case | vLLM's ops | ours | ours / vLLM's |", "| --- | --- | --- | --- |"]
