@@ -14,9 +14,7 @@ from tests.test_eval import record, row
 
 def answers(spec: str, count: int, terminology: Any, hallucination: Any) -> list[dict[str, Any]]:
     """`count` legal answers of `spec`; per question number n, the scores `terminology(n)` and `hallucination(n)`."""
-    return [
-        record("legal", spec, n, terminology=terminology(n), hallucination=hallucination(n)) for n in range(count)
-    ]
+    return [record("legal", spec, n, terminology=terminology(n), hallucination=hallucination(n)) for n in range(count)]
 
 
 def test_the_same_shift_on_every_question_has_no_spread() -> None:
