@@ -11,7 +11,9 @@ units.
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from vllm.lora.layers.utils import LoRAMapping
@@ -21,8 +23,7 @@ from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 from app.serving import vllm_plugin
 from app.serving.cpu_lora import PROMPT_BLOCK, GroupedPunicaWrapperCPU, row_products
-from app.serving.lora_grouping import lora_groups, prompt_tokens
-from bench.lora_step import forward_pass
+from app.serving.lora_grouping import lora_groups, prompt_mask
 
 MAX_LORAS, RANK, HIDDEN = 4, 8, 48
 SLOT_IDS = [11, 12, 13, 14]  # LoRA ids in slots 0..3; id 0 = no adapter (index -1)
@@ -110,18 +111,18 @@ SERVED_SLICES = (576, 192, 192)  # SmolLM2-135M's fused q, k, v outputs, from hi
 
 
 def served_outputs(
-    ids: list[int], x: torch.Tensor, weights: tuple[tuple, tuple], lengths: list[int] | None = None
+    ids: list[int], x: torch.Tensor, weights: tuple[tuple, tuple], prompt: list[bool] | None = None
 ) -> torch.Tensor:
-    """The grouped wrapper's LoRA output for one step of tokens with adapters `ids` (0: none), one token a request
-    or requests of `lengths` tokens."""
+    """The grouped wrapper's LoRA output for one step of tokens with adapters `ids` (0: none), decode tokens or, per
+    token, whether it is a prompt's (`prompt`, as the plugin marks them)."""
     grouped = GroupedPunicaWrapperCPU(512, 16, "cpu")
     mapping = LoRAMapping(index_mapping=tuple(ids), prompt_mapping=tuple(ids), is_prefill=True)
     grouped.update_metadata(mapping, list(SLOT_IDS), MAX_LORAS, 1000)
+    grouped.mark_prompt_tokens(None if prompt is None else torch.tensor(prompt))
     y = torch.zeros(len(ids), sum(SERVED_SLICES), dtype=torch.bfloat16)
-    with forward_pass(lengths or [1] * len(ids)):
-        grouped.add_lora_linear(y, x, *weights, 1.0, SERVED_SLICES)
-        prompts = any(ids) and any(n > 1 for n in lengths or [])
-        assert bool(grouped.step.prompts) == prompts, "adapter tokens of prompts take the block path"
+    grouped.add_lora_linear(y, x, *weights, 1.0, SERVED_SLICES)
+    prompts = any(lora_id and marked for lora_id, marked in zip(ids, prompt or [], strict=False))
+    assert bool(grouped.step.prompts) == prompts, "adapter tokens of prompts take the block path"
     return y
 
 
@@ -153,20 +154,23 @@ def test_a_tokens_delta_is_the_same_bits_in_any_batch() -> None:
 def test_a_prompts_delta_is_the_same_bits_in_any_step() -> None:
     """Prompt tokens go through products of PROMPT_BLOCK rows: each request's LoRA output is the same bits alone and
     in a step with other prompts of its adapter (which move its rows to other places in the blocks), other
-    adapters' prompts, decode tokens and base tokens; and it is the one-row products' result up to float32
-    summation order."""
+    adapters' prompts, one-token prompts (the rest in the prefix cache), decode tokens and base tokens; and it is
+    the one-row products' result up to float32 summation order."""
     rng = torch.Generator().manual_seed(23)
     weights = stacked(SERVED_SLICES, torch.bfloat16, rng, rank=16, hidden=576, b_scale=0.05)
-    requests = [(12, 37), (11, 1), (12, 50), (12, 1), (13, 5), (0, 10), (12, 2), (14, 1), (12, PROMPT_BLOCK + 3)]
-    ids = [lora_id for lora_id, tokens in requests for _ in range(tokens)]
-    lengths = [tokens for _, tokens in requests]
+    requests = [  # (adapter, tokens in the step, a prompt's?)
+        (12, 37, True), (11, 1, False), (12, 50, True), (12, 1, True), (13, 5, True), (0, 10, True), (12, 2, True),
+        (14, 1, False), (12, PROMPT_BLOCK + 3, True), (11, 1, True),
+    ]  # fmt: skip
+    ids = [lora_id for lora_id, tokens, _ in requests for _ in range(tokens)]
+    prompt = [marked for _, tokens, marked in requests for _ in range(tokens)]
     x = torch.randn(len(ids), 576, generator=rng).to(torch.bfloat16)
-    together = served_outputs(ids, x, weights, lengths)
-    starts = [0, *itertools.accumulate(lengths)]
+    together = served_outputs(ids, x, weights, prompt)
+    starts = [0, *itertools.accumulate(tokens for _, tokens, _ in requests)]
     alone = torch.cat(
         [
-            served_outputs([lora_id] * tokens, x[start : start + tokens], weights, [tokens])
-            for (lora_id, tokens), start in zip(requests, starts, strict=False)
+            served_outputs([lora_id] * tokens, x[start : start + tokens], weights, [marked] * tokens)
+            for (lora_id, tokens, marked), start in zip(requests, starts, strict=False)
         ]
     )
     differ = (together != alone).any(dim=1).sum().item()
@@ -175,17 +179,46 @@ def test_a_prompts_delta_is_the_same_bits_in_any_step() -> None:
     torch.testing.assert_close(together, one_row, atol=2e-2, rtol=2e-2)
 
 
-def test_prompt_tokens_come_from_the_forward_passs_metadata() -> None:
-    """Only tokens of requests with several tokens in the step are prompt tokens; with no metadata (a profile run)
-    or metadata for another number of tokens, none is (the one-row path, always correct)."""
-    with forward_pass([1, 3, 1, 2]):
-        assert prompt_tokens(7).tolist() == [False, True, True, True, False, True, True]
-        assert prompt_tokens(8) is None
-    with forward_pass([1, 1, 1]):
-        assert prompt_tokens(3) is None
-    with forward_pass([]):
-        assert prompt_tokens(0) is None
-    assert prompt_tokens(7) is None
+def test_a_re_asked_prompts_last_token_keeps_its_bits() -> None:
+    """An identical prompt asked again finds all but its last token in vLLM's prefix cache, so that token is alone
+    in its step: still a prompt token, it must get the bits it got in the whole prompt (as a decode token it would
+    take the one-row products and may round differently, and the re-asked answer could take another path)."""
+    rng = torch.Generator().manual_seed(29)
+    weights = stacked(SERVED_SLICES, torch.bfloat16, rng, rank=16, hidden=576, b_scale=0.05)
+    x = torch.randn(129, 576, generator=rng).to(torch.bfloat16)
+    whole = served_outputs([12] * 129, x, weights, [True] * 129)
+    last_alone = torch.cat([served_outputs([12], x[n : n + 1], weights, [True]) for n in range(129)])
+    assert torch.equal(whole, last_alone)
+
+
+def test_prompt_tokens_are_those_of_requests_still_in_their_prompt() -> None:
+    """vLLM's test: a request is in its prompt while it has computed fewer tokens than the prompt has, whatever the
+    number of its tokens in the step; the mask has one entry per token of the step."""
+    computed, prompts, scheduled = np.array([5, 0, 10, 36]), np.array([5, 3, 12, 37]), np.array([1, 3, 2, 1])
+    mask = prompt_mask(computed, prompts, scheduled)
+    assert mask is not None and mask.tolist() == [False, True, True, True, True, True, True]
+    assert prompt_mask(np.array([5, 12]), np.array([5, 12]), np.array([1, 1])) is None, "all decoding"
+
+
+def test_the_plugin_marks_each_steps_prompt_tokens_before_vllm_sets_the_mapping() -> None:
+    """The plugin's wrapper of the model runner's `set_active_loras` marks the step's prompt tokens on the grouped
+    wrappers from the input batch, then calls vLLM's; a wrapper whose mask is for another token count (a dummy run)
+    groups every token as a decode token."""
+    grouped = GroupedPunicaWrapperCPU(64, 16, "cpu")
+    calls = []
+
+    def set_active(runner: object, batch: object, scheduled: np.ndarray, *rest: object) -> None:
+        calls.append(grouped.prompt.tolist() if grouped.prompt is not None else None)
+        mapping = LoRAMapping(index_mapping=(12, 12, 12, 11), prompt_mapping=(12, 11), is_prefill=True)
+        grouped.update_metadata(mapping, list(SLOT_IDS), MAX_LORAS, 1000)
+
+    marked = vllm_plugin.marking_prompt_tokens(set_active)
+    batch = SimpleNamespace(num_computed_tokens_cpu=np.array([0, 9, 0]), num_prompt_tokens=np.array([3, 4, 8]))
+    marked(None, batch, np.array([3, 1]))
+    assert calls == [[True, True, True, False]], "marked before vLLM's call, for the step's requests only"
+    assert [group.slot for group in grouped.step.prompts] == [1] and [g.slot for g in grouped.step.groups] == [0]
+    grouped.update_metadata(LoRAMapping((12, 11), (12, 11), is_prefill=True), list(SLOT_IDS), MAX_LORAS, 1000)
+    assert not grouped.step.prompts, "a mask for four tokens is not used for a step of two"
 
 
 def test_scale_is_applied_like_vllms() -> None:
@@ -240,11 +273,14 @@ def test_groups_skip_base_tokens(indices: list[int], expected: list[tuple[int, o
 
 
 def test_plugin_selects_the_grouped_wrapper(monkeypatch: pytest.MonkeyPatch) -> None:
-    """register() makes vLLM's CPU platform name our wrapper, and the name resolves; `vllm` keeps vLLM's own."""
+    """register() makes vLLM's CPU platform name our wrapper, and the name resolves, and has the model runner mark
+    prompt tokens; `vllm` keeps vLLM's own wrapper."""
     from vllm.platforms.cpu import CpuPlatform
     from vllm.utils.import_utils import resolve_obj_by_qualname
+    from vllm.v1.worker.lora_model_runner_mixin import LoRAModelRunnerMixin
 
     monkeypatch.setattr(CpuPlatform, "get_punica_wrapper", CpuPlatform.get_punica_wrapper)
+    monkeypatch.setattr(LoRAModelRunnerMixin, "set_active_loras", LoRAModelRunnerMixin.set_active_loras)
     for name in vllm_plugin.PATCHED_OPS:
         monkeypatch.setattr(lora_ops, name, getattr(lora_ops, name))
         monkeypatch.setattr(punica_cpu, name, getattr(punica_cpu, name))
@@ -254,6 +290,7 @@ def test_plugin_selects_the_grouped_wrapper(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv(vllm_plugin.OPS_ENV)
     vllm_plugin.register()
     assert resolve_obj_by_qualname(CpuPlatform.get_punica_wrapper()) is GroupedPunicaWrapperCPU
+    assert getattr(LoRAModelRunnerMixin.set_active_loras, "_arena_marking", False), "it marks prompt tokens"
     monkeypatch.setenv(vllm_plugin.OPS_ENV, "fast")
     with pytest.raises(ValueError, match="grouped"):
         vllm_plugin.register()

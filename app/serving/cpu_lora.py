@@ -17,9 +17,9 @@ tokens without an adapter (index -1) the last slot's adapter (see app/serving/vl
 - the slots that have exactly one token in a step (`lora_step`: several panels or users decoding with different
   adapters, the Compare tab's usual step) are one batched product over those slots' stored weights instead of one
   product pair each, so four adapters decoding together cost about what one does (docs/performance.md).
-- a prompt's tokens (a request with several tokens in the step, read from the step's attention metadata,
-  `prompt_tokens`) go through the products in fixed blocks of `PROMPT_BLOCK` rows, decode tokens one row each: the
-  cheapest product for each (docs/performance.md).
+- a prompt's tokens (those of a request that has not computed its whole prompt yet, which the plugin marks each
+  step from vLLM's input batch: `mark_prompt_tokens`) go through the products in fixed blocks of `PROMPT_BLOCK`
+  rows, decode tokens one row each: the cheapest product for each (docs/performance.md).
 Arithmetic is float32 with the result rounded once to the output's dtype (vLLM's ops expand in the weights' dtype).
 A token's delta is the same bits alone and in any batch (`row_products`, tests/test_lora_ops.py), so batching never
 changes an answer.
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 from vllm.utils.torch_utils import direct_register_custom_op
 
-from app.serving.lora_grouping import Step, lora_step, prompt_tokens
+from app.serving.lora_grouping import Step, lora_step
 
 PROMPT_BLOCK = 32  # rows per product for a prompt's tokens (row_products); fixed, so a row's bits never depend on it
 
@@ -188,6 +188,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         self.fused = FusedWeights()
         self._slot_ids: tuple[int | None, ...] = ()
         self._tokens = 0  # the step's token count (`token_lora_indices` slices a tensor at each of 120 calls a step)
+        self.prompt: torch.Tensor | None = None  # which of the step's tokens are a prompt's (`mark_prompt_tokens`)
 
     def update_metadata(self, mapping: Any, lora_index_to_id: list[int | None], *args: Any, **kwargs: Any) -> None:
         super().update_metadata(mapping, lora_index_to_id, *args, **kwargs)
@@ -198,13 +199,21 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         self._tokens = self.token_lora_indices.shape[0]
         self.sampler_step = lora_step(self.sampler_indices)
 
+    def mark_prompt_tokens(self, mask: torch.Tensor | None) -> None:
+        """Which of the next step's tokens are a prompt's (`lora_grouping.prompt_mask`; None: none is). The plugin
+        calls it every step, before vLLM updates the mapping, which vLLM skips when the mapping has not changed
+        (and a prompt step and a decode step can have the same one)."""
+        self.prompt = mask
+        self._step = None
+
     @property
     def step(self) -> Step:
-        """The step's grouping, made at its first LoRA call: which tokens are a prompt's is known only from the
-        attention metadata vLLM sets for the forward pass, after `update_metadata`."""
+        """The step's grouping, made at its first LoRA call. A mask for another number of tokens (a dummy run, which
+        vLLM sets up without marking) is not used: every token then takes the 1-row path, always correct."""
         if self._step is None:
             indices = self.token_lora_indices
-            self._step = lora_step(indices, prompt_tokens(indices.shape[0]))
+            prompt = self.prompt if self.prompt is not None and self.prompt.shape[0] == indices.shape[0] else None
+            self._step = lora_step(indices, prompt)
         return self._step
 
     def add_lora_linear(  # noqa: PLR0917 - vLLM's signature
@@ -278,6 +287,12 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
 
 
 _WRAPPERS: list[GroupedPunicaWrapperCPU] = []  # every wrapper of this process, by `position`
+
+
+def mark_prompt_tokens(mask: torch.Tensor | None) -> None:
+    """`GroupedPunicaWrapperCPU.mark_prompt_tokens` on every wrapper of this process (one per served model)."""
+    for wrapper in _WRAPPERS:
+        wrapper.mark_prompt_tokens(mask)
 
 
 def _lora_linear(  # noqa: PLR0917 - an op schema: positional

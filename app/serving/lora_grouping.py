@@ -1,5 +1,5 @@
 """Which rows of a vLLM step use which LoRA adapter slot: the grouping the CPU LoRA ops (app/serving/cpu_lora.py)
-run their products over, made once per step from vLLM's per-token slot indices and its attention metadata.
+run their products over, made once per step from vLLM's per-token slot indices and which tokens are a prompt's.
 
 A contiguous run of one slot's tokens is a slice (a view, no copy), several runs one row-index tensor; tokens with
 index -1 (no adapter) are in no group. Decode tokens and prompt tokens are grouped apart (they take products of
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
-from vllm.forward_context import get_forward_context, is_forward_context_available
 
 
 @dataclass(frozen=True)
@@ -73,30 +73,20 @@ def lora_groups(indices: torch.Tensor) -> list[Group]:
     return groups
 
 
-def prompt_tokens(tokens: int) -> torch.Tensor | None:
-    """Per token of the step being run, whether its request has several tokens in the step (a prompt or a chunk of
-    one), from the query lengths in the attention metadata vLLM sets for the forward pass. None when no token does,
-    or when there is no such metadata (a profile run) or it does not describe `tokens` tokens: all are then decode
-    tokens, which is always correct, only slower for a prompt. Known limit: a prompt token alone in its request's
-    step (all of the prompt but one token found in vLLM's prefix cache, or a one-token chunk) counts as a decode
-    token, so re-asking an identical prompt on a warm server can round that token's delta differently
-    (docs/performance.md)."""
-    if not is_forward_context_available():
+def prompt_mask(computed: np.ndarray, prompt_lengths: np.ndarray, scheduled: np.ndarray) -> torch.Tensor | None:
+    """Per token of a step, whether it is a prompt token: its request (one entry per request, in the step's order)
+    has computed fewer tokens than its prompt has (`computed` < `prompt_lengths`; `scheduled` tokens each in the
+    step). The same test vLLM's model runner makes (`num_computed_tokens_cpu` against `num_prompt_tokens`). None when
+    no token is one. A prompt's last token alone in its step (the rest found in the prefix cache, or a one-token
+    chunk) is still a prompt token, so re-asking a prompt rounds its tokens the same way."""
+    prompt = np.asarray(computed) < np.asarray(prompt_lengths)
+    if not prompt.any():
         return None
-    metadata = get_forward_context().attn_metadata
-    if not isinstance(metadata, dict) or not metadata:
-        return None
-    starts = getattr(next(iter(metadata.values())), "query_start_loc", None)
-    if starts is None:
-        return None
-    lengths = starts.diff()
-    if lengths.numel() == 0 or int(lengths.sum()) != tokens or int(lengths.max()) <= 1:
-        return None
-    return torch.repeat_interleave(lengths > 1, lengths)
+    return torch.from_numpy(np.repeat(prompt, scheduled))
 
 
 def lora_step(indices: torch.Tensor, prompt: torch.Tensor | None = None) -> Step:
-    """`lora_groups` of the prompt tokens (`prompt`: a mask, see `prompt_tokens`) and of the decode tokens, the
+    """`lora_groups` of the prompt tokens (`prompt`: a mask, see `prompt_mask`) and of the decode tokens, the
     decode tokens' one-token slots batched together when there are two or more of them."""
     prompts = []
     if prompt is not None:

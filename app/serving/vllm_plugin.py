@@ -17,6 +17,9 @@
    requests on a LoRA server too. With `ADAPTER_ARENA_LORA_COMPILE=1` (set by `VLLMServer` from the setting
    `vllm.compile`; grouped ops only) the plugin keeps it on;
    the grouped wrapper then runs its LoRA calls as custom ops the compiler does not trace (app/serving/cpu_lora.py).
+4. Which tokens are a prompt's. The grouped ops round a prompt's tokens in fixed blocks and decode tokens one row at
+   a time; vLLM's LoRA mapping does not say which is which, so the plugin wraps the model runner's
+   `set_active_loras`, which has the step's input batch, to mark them (grouped ops only).
 
 vLLM loads this plugin in every process it starts (API server, engine core, workers) through the
 `vllm.general_plugins` entry point declared in pyproject.toml; `make install` installs the project so the entry
@@ -79,6 +82,7 @@ def register() -> None:
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
     from vllm.platforms.cpu import CpuPlatform
+    from vllm.v1.worker.lora_model_runner_mixin import LoRAModelRunnerMixin
 
     for name in PATCHED_OPS:
         fixed = without_lora_rows(getattr(lora_ops, name))
@@ -88,11 +92,31 @@ def register() -> None:
     ops = lora_ops_setting()
     if ops == "grouped":
         CpuPlatform.get_punica_wrapper = classmethod(lambda cls: GROUPED_WRAPPER)  # type: ignore[method-assign,assignment]
+        if not hasattr(LoRAModelRunnerMixin.set_active_loras, "_arena_marking"):
+            LoRAModelRunnerMixin.set_active_loras = marking_prompt_tokens(LoRAModelRunnerMixin.set_active_loras)  # type: ignore[method-assign]
     compiled = ops == "grouped" and os.environ.get(COMPILE_ENV) == "1"
     if compiled and not hasattr(CpuPlatform.check_and_update_config, "_arena_compiling"):
         CpuPlatform.check_and_update_config = classmethod(compiling_with_lora(CpuPlatform.check_and_update_config))  # type: ignore[method-assign,assignment]
     print(f"adapter-arena plugin: LoRA index -1 fix applied, {ops} LoRA ops{', compiled' if compiled else ''} "
           f"({__file__})", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def marking_prompt_tokens(set_active: Callable[..., None]) -> Callable[..., None]:
+    """vLLM's `set_active_loras(input_batch, num_scheduled_tokens, ...)`, first marking which of the step's tokens
+    are a prompt's on the grouped wrappers, from the requests' computed and prompt token counts."""
+
+    @functools.wraps(set_active)
+    def marked(runner: Any, input_batch: Any, num_scheduled_tokens: Any, *args: Any, **kwargs: Any) -> None:
+        from app.serving.cpu_lora import mark_prompt_tokens  # the worker's import, as vLLM's of the wrapper
+        from app.serving.lora_grouping import prompt_mask
+
+        requests = len(num_scheduled_tokens)
+        computed, prompts = input_batch.num_computed_tokens_cpu[:requests], input_batch.num_prompt_tokens[:requests]
+        mark_prompt_tokens(prompt_mask(computed, prompts, num_scheduled_tokens))
+        set_active(runner, input_batch, num_scheduled_tokens, *args, **kwargs)
+
+    marked._arena_marking = True  # type: ignore[attr-defined]
+    return marked
 
 
 def compiling_with_lora(check: Callable[[Any], None]) -> Callable[[Any, Any], None]:
