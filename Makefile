@@ -117,11 +117,13 @@ compose-test: install
 	PYTHON=$(PY) .ci/compose-test.sh
 
 # Serving benchmark (bench/bench_serving.py): base vs adapter requests on real vLLM servers, with and without LoRA,
-# interleaved, medians; a table on stdout and bench/results/$(BENCH_LABEL).json. ~20 min on 2 CPU cores.
+# interleaved, medians; a table on stdout and bench/results/$(BENCH_LABEL).json, then docs/performance.png (the run
+# beside bench/results/before.json, bench/chart.py). ~20 min on 2 CPU cores.
 .PHONY: bench
 BENCH_LABEL ?= latest
 bench: model
 	$(PY) bench/bench_serving.py --label $(BENCH_LABEL) $(BENCH_ARGS)
+	$(PY) bench/chart.py bench/results/before.json bench/results/$(BENCH_LABEL).json
 
 # The app's own streaming path against raw vLLM (bench/bench_app.py): the same questions asked straight to vLLM and
 # through the app (`python -m app --vllm-url`, as browser tabs), four panels and 1, 2, 4, 8 users x 2 panels;
