@@ -11,7 +11,7 @@ from typing import Any
 from app.eval.report import fmt
 from app.eval.verdict import Summary
 from app.inert import md_table, md_text
-from app.setups import MODEL_CARD_ROWS
+from app.setups import ADAPTER, MODEL_CARD_ROWS, PROMPT
 
 
 def trained_card(name: str, hyper_parameters: Mapping[str, Any], facts: Mapping[str, Any]) -> str:
@@ -90,6 +90,28 @@ def adapter_table(summary: Summary, domain: str) -> list[str]:
     return md_table(["configuration", *(CARD_KEYS[key] for key in keys)], cells)
 
 
+def adapter_spread(summary: Summary, domain: str) -> str | None:
+    """The adapter's differences from base + persona with their 95 % intervals (app.eval.intervals), as a sentence;
+    None when the run has no intervals for them."""
+    decision = summary.verdict.get(domain)
+    spread = decision.intervals.get(ADAPTER, {}) if decision else {}
+    rows = {row.spec: row for row in summary.verdict_rows(domain)}
+    parts = []
+    figures = (("terminology", "terminology", "terminology_accuracy"),
+               ("hallucination rate", "hallucination", "hallucination_rate"))  # fmt: skip
+    for shown, figure, key in figures:
+        values = [getattr(rows[spec], key) if spec in rows else None for spec in (ADAPTER, PROMPT)]
+        interval = spread.get(figure)
+        if interval and values[0] is not None and values[1] is not None:
+            parts.append(f"{shown} {values[0] - values[1]:+.2f} [{interval[0]:+.2f}, {interval[1]:+.2f}]")
+    if not parts:
+        return None
+    return (
+        f"Adapter + persona minus base + persona, with the 95 % interval over these questions (docs/eval.md): "
+        f"{', '.join(parts)}."
+    )
+
+
 def adapter_section(summary: Summary, domains_shown: Sequence[str], meta: Mapping[str, Any]) -> str:
     """The evaluation section that `make eval` keeps up to date in model cards and docs/adapters.md."""
     out = [
@@ -109,6 +131,8 @@ def adapter_section(summary: Summary, domains_shown: Sequence[str], meta: Mappin
         if len(domains_shown) > 1:
             out += [f"### {md_text(domain)}", ""]
         out += adapter_table(summary, domain)
+        if spread := adapter_spread(summary, domain):
+            out += ["", spread]
         if verdict and verdict.verdict:
             out += ["", f"Verdict for {md_text(domain)}: **{verdict.verdict}** — {md_text(verdict.reason)}"]
     return "\n".join([*out, CARD_END])

@@ -327,6 +327,7 @@ def test_model_cards_get_the_adapter_table(results: list[dict[str, Any]], tmp_pa
     assert legal.startswith("# legal adapter\n\n## Data\n461 examples.\n"), "the rest of the card is kept"
     assert legal.count(model_cards.CARD_START) == 1 and legal.count("## Evaluation: adapter vs base model") == 1
     assert "| base+persona | 0.50 | 0.00 | 0.50 | 0.50 | 1.50 | 2 |" in legal and "| adapter+persona |" in legal
+    assert "terminology +0.00 [+0.00, +0.00], hallucination rate +0.00 [+0.00, +0.00]." in legal, "the spread"
     assert "brand-voice" not in legal and "brand-voice style" in (cards / "support" / "README.md").read_text()
     assert "Evaluation" not in (cards / "medical" / "README.md").read_text(), "medical was not measured"
     both = overview.read_text()
