@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from app.eval.intervals import bracket
 from app.eval.report import fmt
 from app.eval.verdict import Summary
 from app.inert import md_table, md_text
@@ -103,7 +104,7 @@ def adapter_spread(summary: Summary, domain: str) -> str | None:
         values = [getattr(rows[spec], key) if spec in rows else None for spec in (ADAPTER, PROMPT)]
         interval = spread.get(figure)
         if interval and values[0] is not None and values[1] is not None:
-            parts.append(f"{shown} {values[0] - values[1]:+.2f} [{interval[0]:+.2f}, {interval[1]:+.2f}]")
+            parts.append(f"{shown} {values[0] - values[1]:+.2f} {bracket(interval)}")
     if not parts:
         return None
     return (

@@ -22,6 +22,11 @@ SEED = 0
 Interval = tuple[float, float]
 
 
+def bracket(interval: Interval) -> str:
+    """How an interval is shown beside the figure it brackets, e.g. "[+0.01, +0.13]"."""
+    return f"[{interval[0]:+.2f}, {interval[1]:+.2f}]"
+
+
 def _per_question(record: Mapping[str, Any]) -> list[float]:
     """[terminology, factuality, style] of one answer (NaN where not measured), the parts of `verdict.quality`."""
     scores = record["scores"]

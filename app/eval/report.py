@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.eval import targets
+from app.eval.intervals import bracket
 from app.eval.verdict import QUALITY_AXES, ROLE_NAMES, Decision, Summary
 from app.inert import md_code, md_table, md_text
 from app.setups import recipe_order
@@ -119,10 +120,9 @@ def _gains_with_intervals(decision: Decision) -> str:
     """E.g. "adapter+persona +0.15 [+0.09, +0.22] · base+persona+rag +0.03 [-0.05, +0.09]": each quality gain over
     base + persona with its 95 % paired interval, to read against the margin."""
     return " · ".join(
-        f"{spec} {gain:+.2f} [{low:+.2f}, {high:+.2f}]"
+        f"{spec} {gain:+.2f} {bracket(interval)}"
         for spec, gain in decision.gains.items()
-        for low, high in [decision.intervals.get(spec, {}).get("quality", (None, None))]
-        if low is not None and high is not None
+        if (interval := decision.intervals.get(spec, {}).get("quality")) is not None
     )
 
 

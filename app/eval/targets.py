@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from app.eval.intervals import Interval
+from app.eval.intervals import Interval, bracket
 from app.eval.verdict import Summary, SummaryRow
 from app.setups import ADAPTER, PROMPT
 
@@ -56,11 +56,11 @@ def _cell(
     the threshold `at`, so that another run or other questions could decide it)."""
     if any(value is None for value in values):
         return "not measured"
-    bracket = noise = ""
+    shown_spread = noise = ""
     if spread is not None:
-        bracket = f" [{spread[0]:+.2f}, {spread[1]:+.2f}]"
+        shown_spread = f" {bracket(spread)}"
         noise = ", within noise" if spread[0] <= at <= spread[1] else ""
-    return f"{shown.format(*values)}{bracket}: {'met' if met(*values) else 'not met'}{noise}"
+    return f"{shown.format(*values)}{shown_spread}: {'met' if met(*values) else 'not met'}{noise}"
 
 
 def domain_targets(rows: list[SummaryRow], intervals: Mapping[str, Interval] | None = None) -> list[str]:
