@@ -3,7 +3,8 @@
 Every recipe gets the same optimizer-step budget (`--max-steps`), so they compare at equal cost. Each trained adapter
 is served by one vLLM server (with the base model) and answers the domain's paraphrase questions as adapter +
 persona, RAG off, temperature 0, beside the base model with the persona; the one judge scores every answer. Prints a
-table, and writes it as JSON to bench/results/recipes-<domain>-<date>.json (docs/adapters.md has the results).
+table, and writes it as JSON to bench/results/recipes-<domain>-<date>[-<label>].json (docs/adapters.md has the
+results).
 
     .venv/bin/python bench/recipe_study.py support --max-steps 80
     .venv/bin/python bench/recipe_study.py finance --recipes today kb kb-neftune
@@ -94,12 +95,16 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=80, help="optimizer steps per recipe (the same for all)")
     parser.add_argument("--out", type=Path, default=REPO / ".data" / "study")
     parser.add_argument("--limit", type=int, help="measure on the first N paraphrase questions only (default: all)")
-    parser.add_argument("--measure-only", action="store_true", help="measure what an earlier run trained in --out")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure a recipe that an earlier run trained in --out as it is instead of training it "
+                        "again (recipes not trained there yet are trained)")  # fmt: skip
+    parser.add_argument("--label", help="added to the result file's name, for several studies of a domain in a day")
     args = parser.parse_args()
     settings = load_settings()
     shipped = load_train_config(settings.paths.adapters / args.domain / "train.yaml").model_dump()
     trained: dict[str, dict[str, Any]] = {}
-    for recipe in [] if args.measure_only else args.recipes:
+    reused = [recipe for recipe in args.recipes if args.reuse and (args.out / args.domain / recipe).is_dir()]
+    for recipe in [recipe for recipe in args.recipes if recipe not in reused]:
         config = TrainConfig.model_validate({**shipped, **RECIPES[recipe]})
         started = time.monotonic()
         facts = train(args.domain, settings, config, args.out / args.domain / recipe, max_steps=args.max_steps)
@@ -136,8 +141,9 @@ def main() -> None:
     date = datetime.now(UTC).date().isoformat()
     record = {"domain": args.domain, "date": date, "machine": describe(), "max_steps": args.max_steps,
               "questions": args.limit or "all",
-              "split": "paraphrase", "sampling": sampling, "trained": trained, "measured": measured}  # fmt: skip
-    path = results / f"recipes-{args.domain}-{date}.json"
+              "split": "paraphrase", "sampling": sampling, "trained": trained, "reused": reused,
+              "measured": measured}  # fmt: skip
+    path = results / f"recipes-{args.domain}-{date}{f'-{args.label}' if args.label else ''}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
 
