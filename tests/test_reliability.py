@@ -15,6 +15,7 @@ import httpx
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
+from peft.utils import save_and_load
 
 from app.arena.store import VoteStore
 from app.auth import Access
@@ -220,7 +221,11 @@ def test_an_external_server_that_is_down_is_picked_up_when_it_comes_up(
                 assert ask(ui, "Hello")[0][-1]["content"][0]["text"] == "OK."
 
 
-def test_two_merges_with_one_name_at_once(fake_server: FakeOpenAI, server_settings: Settings, tmp_path: Path) -> None:
+def test_two_merges_with_one_name_at_once(
+    fake_server: FakeOpenAI, server_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub_lookups: list[str] = []  # the shipped adapters name their base model by hub id; a merge must not ask the hub
+    monkeypatch.setattr(save_and_load, "check_file_exists_on_hf_hub", lambda repo, *_, **__: hub_lookups.append(repo))
     settings = tweaked(server_settings, paths={"adapters": REPO / "adapters", "data": tmp_path / "data"})
     with app_on(fake_server, settings, tmp_path) as url:
         client = Client(url, verbose=False)
@@ -231,6 +236,7 @@ def test_two_merges_with_one_name_at_once(fake_server: FakeOpenAI, server_settin
     refused = [message for message in messages if message.startswith("⚠️") and "already" in message]
     assert len(merged) == 1 and len(refused) == 1, messages
     assert fake_server.adapters.count("mix") == 1
+    assert not hub_lookups, hub_lookups
 
 
 # --- bad input: what the model server does wrong, and odd text -----------------------------------------------------

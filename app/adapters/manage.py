@@ -163,7 +163,8 @@ def merge_adapters(
     out_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{new_name}-", dir=out_root))
     try:
-        model.save_pretrained(str(staging), selected_adapters=[new_name])
+        # Embeddings are not trained here, so nothing to save of them; "auto" would look the base model up on the hub.
+        model.save_pretrained(str(staging), selected_adapters=[new_name], save_embedding_layers=False)
         parent_weights = [(info.name, weight) for info, weight in zip(infos, weights, strict=True)]
         card = merged_card(new_name, infos[0].base_model, parent_weights, combination,
                            density if combination in NEEDS_DENSITY else None)  # fmt: skip
