@@ -96,7 +96,7 @@ train-all: model
 	for name in legal medical finance support; do $(PY) -m app.train $$name || exit 1; done
 
 # The full evaluation (docs/eval.md): every eval set through the configuration matrix with its own vLLM server
-# (1,974 answers: ~30 min on 2 idle CPU cores, docs/eval.md), results in .data/eval/ (resumable), then docs/results.md and its charts in docs/results/,
+# (1,974 answers: ~45 min on 2 idle CPU cores, docs/eval.md), results in .data/eval/ (resumable), then docs/results.md and its charts in docs/results/,
 # and the adapter-vs-base tables in the adapters' model cards and docs/adapters.md.
 .PHONY: eval
 eval: model
