@@ -10,9 +10,9 @@ from typing import Any
 
 from app.eval.intervals import bracket
 from app.eval.report import fmt
-from app.eval.verdict import Summary
+from app.eval.verdict import Summary, adapter_gains
 from app.inert import md_table, md_text
-from app.setups import ADAPTER, MODEL_CARD_ROWS, PROMPT
+from app.setups import ADAPTER, MODEL_CARD_ROWS
 
 
 def trained_card(name: str, hyper_parameters: Mapping[str, Any], facts: Mapping[str, Any]) -> str:
@@ -96,15 +96,11 @@ def adapter_spread(summary: Summary, domain: str) -> str | None:
     None when the run has no intervals for them."""
     decision = summary.verdict.get(domain)
     spread = decision.intervals.get(ADAPTER, {}) if decision else {}
-    rows = {row.spec: row for row in summary.verdict_rows(domain)}
+    gains = adapter_gains(summary.verdict_rows(domain))
     parts = []
-    figures = (("terminology", "terminology", "terminology_accuracy"),
-               ("hallucination rate", "hallucination", "hallucination_rate"))  # fmt: skip
-    for shown, figure, key in figures:
-        values = [getattr(rows[spec], key) if spec in rows else None for spec in (ADAPTER, PROMPT)]
-        interval = spread.get(figure)
-        if interval and values[0] is not None and values[1] is not None:
-            parts.append(f"{shown} {values[0] - values[1]:+.2f} {bracket(interval)}")
+    for shown, figure in (("terminology", "terminology"), ("hallucination rate", "hallucination")):
+        if gains[figure] is not None and figure in spread:
+            parts.append(f"{shown} {gains[figure]:+.2f} {bracket(spread[figure])}")
     if not parts:
         return None
     return (

@@ -277,12 +277,15 @@ def test_the_paraphrase_split_is_reported_beside_the_eval_set_and_decides(result
 
 def test_targets_say_which_are_met_with_the_numbers() -> None:
     """Legal meets all three; finance misses each: a gain under 0.15, more made-up claims, a looping base model.
-    Support (a brand voice) also has its own two: figures right in 70 % of figure questions, the sign-off in 95 %."""
+    Medical's gain is +0.15 as shown (0.35 - 0.20 is 0.1499... in floats) and meets it. Support (a brand voice) also
+    has its own two: figures right in 70 % of figure questions, the sign-off in 95 %."""
     voice = {"style": 0.8}
     rows = [row("base+persona", 0.3, 0.2).model_copy(update={"loop_rate": 0.0}),
             row("adapter+persona", 0.5, 0.2).model_copy(update={"loop_rate": 0.05}),
             row("base+persona", 0.3, 0.2, domain="finance").model_copy(update={"loop_rate": 0.3}),
             row("adapter+persona", 0.4, 0.8, domain="finance").model_copy(update={"loop_rate": 0.0}),
+            row("base+persona", 0.2, 0.2, domain="medical").model_copy(update={"loop_rate": 0.0}),
+            row("adapter+persona", 0.35, 0.2, domain="medical").model_copy(update={"loop_rate": 0.0}),
             row("base+persona", 0.1, 0.3, domain="support", **voice).model_copy(update={"loop_rate": 0.0}),
             row("adapter+persona", 0.2, 0.2, domain="support", **voice).model_copy(
                 update={"loop_rate": 0.0, "figures_right_rate": 0.7, "sign_off_rate": 0.9})]  # fmt: skip
@@ -290,6 +293,7 @@ def test_targets_say_which_are_met_with_the_numbers() -> None:
     assert table == [
         ["finance", "eval", "+0.10: not met", "0.80 vs 0.20: not met", "worst 30% (base+persona): not met", "–", "–"],
         ["legal", "eval", "+0.20: met", "0.20 vs 0.20: met", "worst 5% (adapter+persona): met", "–", "–"],
+        ["medical", "eval", "+0.15: met", "0.20 vs 0.20: met", "worst 0% (base+persona): met", "–", "–"],
         ["support", "eval", "+0.10: not met", "0.20 vs 0.30: met", "worst 0% (base+persona): met", "70%: met",
          "90%: not met"],
     ]  # fmt: skip

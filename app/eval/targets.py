@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from app.eval.intervals import Interval, bracket
-from app.eval.verdict import Summary, SummaryRow
+from app.eval.verdict import Summary, SummaryRow, adapter_gains
 from app.setups import ADAPTER, PROMPT
 
 TERMINOLOGY_GAIN = 0.15
@@ -69,9 +69,7 @@ def domain_targets(rows: list[SummaryRow], intervals: Mapping[str, Interval] | N
     intervals = intervals or {}
     by_spec = {row.spec: row for row in rows}
     base, adapter = by_spec.get(PROMPT), by_spec.get(ADAPTER)
-    terms = [row.terminology_accuracy if row else None for row in (base, adapter)]
-    # In hundredths, as shown: 0.45 - 0.30 is 0.1499... in floats, yet reads (and counts as) +0.15.
-    gain = None if terms[0] is None or terms[1] is None else round(terms[1] - terms[0], 2)
+    gain = adapter_gains(rows)["terminology"]
     made_up = [row.hallucination_rate if row else None for row in (adapter, base)]
     worst = max((row.loop_rate for row in rows if row.loop_rate is not None), default=None)
     worst_spec = next((row.spec for row in rows if worst is not None and row.loop_rate == worst), "")

@@ -95,6 +95,19 @@ class Summary(BaseModel):
         return [row for row in self.rows if row.domain == domain and row.split == split]
 
 
+def adapter_gains(rows: Sequence[SummaryRow]) -> dict[str, float | None]:
+    """Adapter + persona minus base + persona in terminology and hallucination rate (the differences the targets and
+    model cards show beside their intervals), in hundredths as shown: 0.45 - 0.30 is 0.1499... in floats, yet reads
+    (and counts as) +0.15. None where either row or value is missing."""
+    by_spec = {row.spec: row for row in rows}
+    adapter, prompt = by_spec.get(ADAPTER), by_spec.get(PROMPT)
+    gains: dict[str, float | None] = {}
+    for figure, field in (("terminology", "terminology_accuracy"), ("hallucination", "hallucination_rate")):
+        mine, theirs = (getattr(row, field) if row else None for row in (adapter, prompt))
+        gains[figure] = None if mine is None or theirs is None else round(mine - theirs, 2)
+    return gains
+
+
 def _mean(values: Sequence[float | None], digits: int = 4) -> float | None:
     present = [value for value in values if value is not None]
     return round(sum(present) / len(present), digits) if present else None
