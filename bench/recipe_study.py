@@ -47,6 +47,8 @@ RECIPES: dict[str, dict[str, Any]] = {  # name -> changes to the domain's train.
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
     },
     "kb-lr1e-4": {"data": KB_MIX, "learning_rate": 1e-4},
+    "persona": {"keep_system_prompt": True},  # trained with the persona's prompt, as the eval asks it
+    "kb-persona": {"data": KB_MIX, "keep_system_prompt": True},
 }
 
 
