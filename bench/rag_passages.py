@@ -1,0 +1,97 @@
+"""How many passages should RAG give the embedded model? The RAG configurations of each domain answer its paraphrase
+questions with the top k passages, for each k asked, on one vLLM server (temperature 0, the app's sampling); the one
+judge scores every answer. Prints a table and writes it as JSON to bench/results/rag-passages-<date>.json
+(docs/rag.md has the results).
+
+    .venv/bin/python bench/rag_passages.py [--k 4 2] [--domains finance support]
+
+The app retrieves 4 passages (`RAGStore.retrieve`'s default); here a store that retrieves k stands in for it, so the
+prompt, the persona and everything else is what a Compare panel sends. The checker's own evidence for hallucination
+stays at its 4 passages for every k, so the judge is the same across k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from app.config import Settings, load_settings
+from app.content import Content, load_content
+from app.hardware import describe
+from app.playground import Playground
+from app.rag import Citation, RAGStore
+from app.scoring.judge import Judge
+from app.serving.process import VLLMServer
+from app.setups import RECOMMENDED, Setup
+from bench.recipe_study import REPO, measure
+
+DOMAINS = ("finance", "legal", "medical", "support")
+
+
+class TopK(RAGStore):
+    """The app's store, retrieving `k` passages for a panel instead of its default."""
+
+    def __init__(self, settings: Settings, k: int) -> None:
+        super().__init__(settings)
+        self.k = k
+
+    def retrieve(self, kb: str, question: str, k: int = 4) -> list[Citation]:
+        return super().retrieve(kb, question, k=self.k)
+
+
+def rag_setups(content: Content, domain: str) -> dict[str, Setup]:
+    """The eval's RAG configurations with the domain's persona, at the app's sampling."""
+    names = content.domains[domain]
+    shared = {"persona": names.persona, "rag": names.knowledge_base, "temperature": 0.0, "max_tokens": 256}
+    return {
+        "base+persona+rag": Setup(**shared, **RECOMMENDED),
+        "adapter+persona+rag": Setup(adapter=names.adapter, **shared, **RECOMMENDED),
+    }
+
+
+async def measure_all(server: VLLMServer, settings: Settings, content: Content, ks: list[int],
+                      domains: list[str]) -> dict[str, Any]:  # fmt: skip
+    client = server.client(timeout_s=600)
+    judge = Judge(content, RAGStore(settings))
+    results: dict[str, Any] = {}
+    for k in ks:
+        playground = Playground(client, TopK(settings, k), content.personas)
+        for domain in domains:
+            results[f"{domain} k={k}"] = await measure(playground, judge, domain, rag_setups(content, domain))
+            print(f"measured {domain} with k={k}", flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--k", nargs="+", type=int, default=[4, 2], help="passages per question to compare")
+    parser.add_argument("--domains", nargs="+", choices=DOMAINS, default=list(DOMAINS))
+    args = parser.parse_args()
+    settings = load_settings()
+    content = load_content(settings.paths.personas, settings.paths.kb, settings.paths.adapters, settings.paths.evals)
+    adapters = {name: settings.paths.adapters / content.domains[name].adapter for name in args.domains}
+    with VLLMServer(settings, adapters=adapters) as server:
+        server.wait_ready()
+        measured = asyncio.run(measure_all(server, settings, content, args.k, args.domains))
+    print(f"\n{'domain, k':14} {'configuration':20} {'terminology':>11} {'halluc.':>8} {'figures':>7} {'loops':>6}")
+    for key, rows in measured.items():
+        for name, row in rows.items():
+            print(f"{key:14} {name:20} {row['terminology']!s:>11} {row['hallucination_rate']!s:>8} "
+                  f"{row['figures_right']!s:>7} {row['loop_rate']!s:>6}")  # fmt: skip
+    out = REPO / "bench" / "results" / f"rag-passages-{datetime.now(UTC):%Y-%m-%d}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"date": f"{datetime.now(UTC):%Y-%m-%d}", "machine": describe(), "k": args.k, "split": "paraphrase",
+              "measured": measured}  # fmt: skip
+    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
