@@ -48,7 +48,6 @@ RECIPES: dict[str, dict[str, Any]] = {  # name -> changes to the domain's train.
     },
     "kb-lr1e-4": {"data": KB_MIX, "learning_rate": 1e-4},
     "persona": {"keep_system_prompt": True},  # trained with the persona's prompt, as the eval asks it
-    "kb-persona": {"data": KB_MIX, "keep_system_prompt": True},
 }
 
 
