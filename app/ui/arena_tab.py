@@ -182,12 +182,14 @@ class _ArenaTab:
     async def on_load(self) -> Updates:
         return {self.adapters: await self.served_adapters()}
 
-    def on_loaded(self, domain: str, adapters: list[str], keep: list[str]) -> Updates:
+    def on_loaded(self, domain: str, adapters: list[str]) -> Updates:
         """Narrow the pool once the page knows what the server serves, but only where the page's guess (the domain's
-        adapter is served) was wrong: a load that finishes after the user ticked the pool must not undo the ticks."""
+        adapter is served) was wrong: a load that finishes after the user ticked the pool must not undo the ticks.
+        The pool's value is not an input: a domain change that narrowed the session's choices while this event
+        waited would make Gradio refuse the page's older ticks, and the refused event freezes the pool."""
         guessed = {self.content.domains[domain].adapter} if domain else set()
         if domain and self.pool_choices(domain, adapters) != self.pool_choices(domain, guessed):
-            return self.show_pool(domain, adapters, keep)
+            return self.show_pool(domain, adapters, None)
         return {self.pool: gr.skip()}
 
     async def on_adapters_changed(self, domain: str, keep: list[str]) -> Updates:
@@ -310,7 +312,7 @@ class _ArenaTab:
             api_name="arena_domain",
         )
         demo.load(self.on_load, outputs=self.adapters, api_visibility="private").then(
-            self.on_loaded, inputs=[self.domain, self.adapters, self.pool], outputs=self.pool, api_visibility="private"
+            self.on_loaded, inputs=[self.domain, self.adapters], outputs=self.pool, api_visibility="private"
         )
         self.example.change(
             lambda text: text or gr.skip(), inputs=self.example, outputs=self.prompt, api_visibility="private"
