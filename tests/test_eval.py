@@ -35,6 +35,7 @@ from app.eval.run import (
     load_questions,
 )
 from app.eval.verdict import Summary, SummaryRow, decide_verdict, summarize
+from app.inert import md_text
 from app.playground import PanelAnswer
 from app.rag import Citation, RAGStore
 from app.serving import vllm_plugin
@@ -299,8 +300,14 @@ def test_targets_say_which_are_met_with_the_numbers() -> None:
     ]  # fmt: skip
     no_adapter = targets.targets_table(Summary(rows=rows[:1], verdict={}))
     assert no_adapter == [["legal", "eval", "not measured", "not measured", "worst 0% (base+persona): met", "–", "–"]]
-    markdown = report.render_markdown(Summary(rows=rows, verdict={}), [], {}, {})
-    assert "## Targets" in markdown and "not met" in markdown
+    missed = targets.missed(table, "SmolLM2-135M")
+    assert missed.startswith(
+        "Not met with base model SmolLM2-135M: terminology gain ≥ +0.15 in finance, support; adapter hallucination ≤ "
+        "base in finance; loops ≤ 5% everywhere in finance; brand voice: sign-off ≥ 95% in support."
+    ), "each missed target once, with the domains that miss it"
+    assert targets.missed([row for row in table if row[0] in {"legal", "medical"}], "SmolLM2-135M") == ""
+    markdown = report.render_markdown(Summary(rows=rows, verdict={}), [], {"base_model": "SmolLM2-135M"}, {})
+    assert "## Targets" in markdown and md_text(missed) in markdown
 
 
 def test_figures_right_and_sign_off_rates_come_from_the_answers() -> None:

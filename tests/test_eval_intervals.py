@@ -57,6 +57,9 @@ def test_targets_show_the_spread_and_say_when_it_straddles_the_threshold() -> No
     assert cells[2] == "+0.10 [+0.05, +0.20]: not met, within noise"  # 0.15 lies inside: another run could meet it
     assert cells[3] == "0.30 vs 0.20 [+0.02, +0.20]: not met"  # the adapter makes up more beyond the spread
     assert "[+0.05, +0.20]" in report.render_markdown(summary, [], {}, {})
+    assert targets.missed([cells], None).startswith(
+        "Not met: terminology gain ≥ +0.15 within noise in legal; adapter hallucination ≤ base in legal."
+    )
 
 
 def test_verdicts_print_each_gain_with_its_interval() -> None:

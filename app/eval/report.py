@@ -288,9 +288,11 @@ def render_markdown(
     out = [f"# {title}", "", *([note, ""] if note else [])]
     out += [f"- **{name}**: {_md_field(name, value)}" for name, value in run_lines(meta)]
     out += ["", "## Verdicts", "", verdicts_markdown(summary), "", READING, ""]
-    target_rows = [[md_text(domain), *cells] for domain, *cells in targets.targets_table(summary)]
+    target_table = targets.targets_table(summary)
+    target_rows = [[md_text(domain), *cells] for domain, *cells in target_table]
     out += ["## Targets", "", *md_table(targets.HEADERS, target_rows)]
-    out += ["", targets.NOTE, ""]
+    missed = targets.missed(target_table, meta.get("base_model"))
+    out += ["", *([md_text(missed), ""] if missed else []), targets.NOTE, ""]
     for domain in summary.domains:
         headers, rows = table(summary, domain, formatted=True)
         out += [f"## {md_text(domain)}", "", *md_table(headers, rows)]
@@ -355,6 +357,8 @@ def render_html(
 ) -> str:
     """report.html: one self-contained page (charts inlined); every text from data or models is escaped."""
     e = html.escape
+    target_table = targets.targets_table(summary)
+    missed = targets.missed(target_table, meta.get("base_model"))
     parts = [
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
         f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1><ul>",
@@ -366,7 +370,8 @@ def render_html(
             [False] * 4,
         ),
         f"<p>{e(READING)}</p><h2>Targets</h2>",
-        _html_table(targets.HEADERS, targets.targets_table(summary), [False] * len(targets.HEADERS)),
+        _html_table(targets.HEADERS, target_table, [False] * len(targets.HEADERS)),
+        *([f"<p>{e(missed)}</p>"] if missed else []),
         f"<p>{e(targets.NOTE)}</p>",
     ]
     numeric = [key != "spec" for key in COLUMNS]

@@ -34,6 +34,8 @@ HEADERS = [
 ]
 
 
+NOT_MET = "not met"
+NOISE = "within noise"
 NOTE = (
     "Targets: adapter + persona against base + persona, RAG off, on the split the verdict is decided on; loops over "
     "every configuration the run has. The brand-voice targets (support's) are the adapter + persona's: the share of "
@@ -59,8 +61,8 @@ def _cell(
     shown_spread = noise = ""
     if spread is not None:
         shown_spread = f" {bracket(spread)}"
-        noise = ", within noise" if spread[0] <= at <= spread[1] else ""
-    return f"{shown.format(*values)}{shown_spread}: {'met' if met(*values) else 'not met'}{noise}"
+        noise = f", {NOISE}" if spread[0] <= at <= spread[1] else ""
+    return f"{shown.format(*values)}{shown_spread}: {'met' if met(*values) else NOT_MET}{noise}"
 
 
 def domain_targets(rows: list[SummaryRow], intervals: Mapping[str, Interval] | None = None) -> list[str]:
@@ -95,3 +97,24 @@ def targets_table(summary: Summary) -> list[list[str]]:
         intervals = decision.intervals.get(ADAPTER) if decision else None
         table.append([domain, rows[0].split if rows else "–", *domain_targets(rows, intervals)])
     return table
+
+
+def missed(table: Sequence[Sequence[str]], base_model: str | None) -> str:
+    """One sentence under the table: each target the run did not meet and where (those within noise apart), with the
+    base model it was measured on, so that what this model does not reach is said, not left to be read off cells;
+    "" when every target is met."""
+    parts = []
+    for column, header in enumerate(HEADERS[2:], 2):
+        beyond = [row[0] for row in table if row[column].endswith(f": {NOT_MET}")]
+        within = [row[0] for row in table if row[column].endswith(f": {NOT_MET}, {NOISE}")]
+        where = [f"in {', '.join(beyond)}"] if beyond else []
+        where += [f"{NOISE} in {', '.join(within)}"] if within else []
+        if where:
+            parts.append(f"{header} {' and '.join(where)}")
+    if not parts:
+        return ""
+    model = f" with base model {base_model}" if base_model else ""
+    return (
+        f"Not met{model}: {'; '.join(parts)}. The training recipes tried against them on the embedded model are in "
+        "docs/adapters.md."
+    )
