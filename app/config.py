@@ -125,6 +125,18 @@ class PathSettings(_Section):
     data: Path = Field(Path(".data"), description="indexes, votes database, caches")
 
 
+class RAGSettings(_Section):
+    """Retrieval for RAG panels, the Arena and the eval (app.rag)."""
+
+    passages: int = Field(
+        2,
+        ge=1,
+        le=20,
+        description="passages retrieved into a RAG answer's prompt; 2 gave the embedded 135M model more terminology "
+        "and fewer unsupported figures than 4 (docs/rag.md); a larger model may use more",
+    )
+
+
 class ArenaSettings(_Section):
     database_url: str | None = Field(
         None,
@@ -175,6 +187,7 @@ class Settings(BaseSettings):
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
     ui: UISettings = Field(default_factory=UISettings)
     paths: PathSettings = Field(default_factory=PathSettings)
+    rag: RAGSettings = Field(default_factory=RAGSettings)
     arena: ArenaSettings = Field(default_factory=ArenaSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
 

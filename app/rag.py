@@ -104,10 +104,10 @@ class KnowledgeBase:
         """Files skipped at build time (not UTF-8, too large, empty), as `path: what to do` lines."""
         return list(self.manifest.get("problems", []))
 
-    def as_retriever(self, k: int = 4) -> VectorStoreRetriever:
+    def as_retriever(self, k: int) -> VectorStoreRetriever:
         return self.vectorstore.as_retriever(search_kwargs={"k": k})
 
-    def search(self, question: str, k: int = 4) -> list[Citation]:
+    def search(self, question: str, k: int) -> list[Citation]:
         hits = self.vectorstore.similarity_search_with_relevance_scores(question, k=k)
         return [
             Citation(
@@ -305,15 +305,15 @@ class RAGStore:
             cached = self._loaded.get(kb)
         return cached or self.ensure_index(kb)
 
-    def retriever(self, kb: str, k: int = 4) -> VectorStoreRetriever:
+    def retriever(self, kb: str, k: int | None = None) -> VectorStoreRetriever:
         """A LangChain retriever over `kb` (for chains: `retriever.invoke(question)` -> Documents)."""
-        return self.get(kb).as_retriever(k)
+        return self.get(kb).as_retriever(k or self.settings.rag.passages)
 
-    def retrieve(self, kb: str, question: str, k: int = 4) -> list[Citation]:
-        """The `k` chunks of `kb` closest to `question`, best first."""
+    def retrieve(self, kb: str, question: str, k: int | None = None) -> list[Citation]:
+        """The `k` chunks of `kb` closest to `question`, best first (default: the `rag.passages` a prompt gets)."""
         if not question.strip():
             raise RAGError("empty question: type a question to search the knowledge base")
-        return self.get(kb).search(question, k)
+        return self.get(kb).search(question, k or self.settings.rag.passages)
 
 
 def build_indexes(store: RAGStore, kbs: list[str] | None = None, force: bool = False) -> int:
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--force", action="store_true", help="rebuild even when nothing changed")
     search = commands.add_parser("search", help="print the chunks retrieved for a question")
     search.add_argument("--kb", default=ALL, metavar="NAME", help="knowledge base to search (default: all)")
-    search.add_argument("-k", type=int, default=4, help="number of chunks (default 4)")
+    search.add_argument("-k", type=int, help="number of chunks (default: the rag.passages setting)")
     search.add_argument("question")
     args = parser.parse_args(argv)
     try:

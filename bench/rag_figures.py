@@ -4,8 +4,9 @@ state them all (`figures right`, read from an eval run's results.jsonl). Prints 
 
     .venv/bin/python bench/rag_figures.py [--results .data/eval/results.jsonl]
 
-Retrieval is the app's own (`RAGStore.retrieve`, the 4 passages a Compare panel gets for a first question, from the
-domain's knowledge base); the figure check is the judge's (`app.scoring.checks.figure_groups`).
+Retrieval is the app's own (`RAGStore.retrieve`, the `rag.passages` passages a Compare panel gets for a first question,
+from the domain's knowledge base; docs/rag.md's table was measured at 4); the figure check is the judge's
+(`app.scoring.checks.figure_groups`).
 """
 
 from __future__ import annotations

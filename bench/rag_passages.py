@@ -5,9 +5,9 @@ judge scores every answer. Prints a table and writes it as JSON to bench/results
 
     .venv/bin/python bench/rag_passages.py [--k 4 2] [--domains finance support]
 
-The app retrieves 4 passages (`RAGStore.retrieve`'s default); here a store that retrieves k stands in for it, so the
-prompt, the persona and everything else is what a Compare panel sends. The checker's own evidence for hallucination
-stays at its 4 passages for every k, so the judge is the same across k.
+Each k is the app's own setting (`rag.passages`) on the app's store, so the prompt, the persona and everything else is
+what a Compare panel sends. The checker's own evidence for hallucination stays at its 4 passages (`EVIDENCE_K`) for
+every k, so the judge is the same across k.
 """
 
 from __future__ import annotations
@@ -22,28 +22,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from app.config import Settings, load_settings
+from app.config import RAGSettings, Settings, load_settings
 from app.content import Content, load_content
 from app.hardware import describe
 from app.playground import Playground
-from app.rag import Citation, RAGStore
+from app.rag import RAGStore
 from app.scoring.judge import Judge
 from app.serving.process import VLLMServer
 from app.setups import RECOMMENDED, Setup
 from bench.recipe_study import REPO, measure
 
 DOMAINS = ("finance", "legal", "medical", "support")
-
-
-class TopK(RAGStore):
-    """The app's store, retrieving `k` passages for a panel instead of its default."""
-
-    def __init__(self, settings: Settings, k: int) -> None:
-        super().__init__(settings)
-        self.k = k
-
-    def retrieve(self, kb: str, question: str, k: int = 4) -> list[Citation]:
-        return super().retrieve(kb, question, k=self.k)
 
 
 def rag_setups(content: Content, domain: str) -> dict[str, Setup]:
@@ -62,7 +51,8 @@ async def measure_all(server: VLLMServer, settings: Settings, content: Content, 
     judge = Judge(content, RAGStore(settings))
     results: dict[str, Any] = {}
     for k in ks:
-        playground = Playground(client, TopK(settings, k), content.personas)
+        store = RAGStore(settings.model_copy(update={"rag": RAGSettings(passages=k)}))
+        playground = Playground(client, store, content.personas)
         for domain in domains:
             results[f"{domain} k={k}"] = await measure(playground, judge, domain, rag_setups(content, domain))
             print(f"measured {domain} with k={k}", flush=True)

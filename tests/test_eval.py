@@ -20,7 +20,7 @@ import pytest
 from gradio_client import Client
 
 from app import model_cards
-from app.config import Settings, load_settings
+from app.config import RAGSettings, Settings, load_settings
 from app.content import Domain, EvalItem
 from app.eval import report, targets
 from app.eval.cli import main, write_outputs
@@ -383,6 +383,9 @@ def test_answers_are_asked_again_after_retraining_or_a_kb_edit(tmp_path: Path) -
     assert again[0] == base
     assert again[1] != tuned and again[2] != retrieved, "new weights and new KB text make new cache keys"
     assert len(set(answer_versions(jobs, models, rag, "vllm:0.33.0")) & set(again)) == 0, "another vLLM re-asks all"
+    more = RAGStore(rag.settings.model_copy(update={"rag": RAGSettings(passages=4)}))
+    assert answer_versions(jobs, models, more, "vllm:0.32.0")[:2] == again[:2], "passages matter to RAG answers only"
+    assert answer_versions(jobs, models, more, "vllm:0.32.0")[2] != again[2], "another number of passages re-asks"
     remote = [models[0], ModelInfo("support", parent="base", root="/srv/adapters/support")]  # weights not readable
     ops = vllm_plugin.lora_ops_version()
     assert answer_versions(jobs[1:2], remote, rag, "vllm:0.32.0") == [

@@ -132,8 +132,9 @@ def _sha256(data: bytes) -> str:
 def answer_versions(jobs: Sequence[Job], models: Sequence[ModelInfo], rag: RAGStore, serving: str) -> list[str]:
     """Per job, what its answer depends on beyond Setup and question: the base model, the server's vLLM version
     (`serving`), for an adapter the hash of its weights (its folder as the server names it, where they cannot be
-    read) and of the CPU LoRA ops' code, and the hash of the knowledge base's files, so that a retrained adapter, an
-    edited knowledge base or other serving arithmetic is asked again, not read from the cache."""
+    read) and of the CPU LoRA ops' code, and the hash of the knowledge base's files and of how many passages a prompt
+    gets, so that a retrained adapter, an edited knowledge base, another `rag.passages` or other serving arithmetic
+    is asked again, not read from the cache."""
     base = next(model for model in models if not model.is_adapter)
     weights: dict[str, str] = {}
     for model in models:
@@ -141,7 +142,8 @@ def answer_versions(jobs: Sequence[Job], models: Sequence[ModelInfo], rag: RAGSt
             path = Path(model.root or "") / "adapter_model.safetensors"
             weights[model.id] = _sha256(path.read_bytes()) if model.root and path.is_file() else model.root or model.id
     kbs = {job.setup.rag for job in jobs} - {None}
-    files = {kb: _sha256(json.dumps(rag.fingerprint(kb), sort_keys=True).encode()) for kb in kbs if kb}
+    passages = rag.settings.rag.passages
+    files = {kb: _sha256(json.dumps([rag.fingerprint(kb), passages], sort_keys=True).encode()) for kb in kbs if kb}
     ops = lora_ops_version()  # reads and hashes files: once, not per job
     versions = []
     for job in jobs:
