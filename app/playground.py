@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.content import Persona
-from app.prompts import build_messages, build_rag_messages, retrieval_query
+from app.prompts import Message, build_messages, build_rag_messages, retrieval_query
 from app.rag import Citation, RAGError, RAGStore
 from app.serving.client import ServingClient, ServingError
 from app.setups import Setup
@@ -75,6 +75,16 @@ class Playground:
                 raise ServingError(f"the server at {self.client.base_url} lists no base model")
         return self._base
 
+    def messages(
+        self, setup: Setup, history: Sequence[dict[str, Any]], question: str, citations: Sequence[Citation]
+    ) -> list[Message]:
+        """What `setup` sends for `question` after `history`: its system prompt, and with RAG the rules and the
+        `citations`; ValueError names an unknown persona. (The eval keys cached answers on it, without passages.)"""
+        system = setup.system_text(self.personas)
+        if setup.rag:
+            return build_rag_messages(system, history, question, citations)
+        return build_messages(system, history, question)
+
     async def answer_one(
         self, setup: Setup, history: Sequence[dict[str, Any]], question: str, base_model: str, asked: float
     ) -> AsyncIterator[PanelAnswer]:
@@ -83,7 +93,7 @@ class Playground:
         Its times count from `asked` (time.monotonic() when the question was asked), as the user waits for them."""
         answer = PanelAnswer()
         try:
-            system = setup.system_text(self.personas)
+            setup.system_text(self.personas)  # an unknown persona fails before retrieval
         except ValueError as exc:
             yield replace(answer, error=str(exc), done=True)
             return
@@ -99,10 +109,8 @@ class Playground:
             answer = replace(answer, citations=citations)
             yield answer
 
-        def messages_for(turns: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
-            if setup.rag:
-                return build_rag_messages(system, turns, question, citations)
-            return build_messages(system, turns, question)
+        def messages_for(turns: Sequence[dict[str, Any]]) -> list[Message]:
+            return self.messages(setup, turns, question, citations)
 
         if history:
             try:

@@ -4,6 +4,7 @@ and the tab end to end against the real vLLM server (which serves the base model
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
@@ -21,7 +22,7 @@ from gradio_client import Client
 
 from app import model_cards
 from app.config import RAGSettings, Settings, load_settings
-from app.content import Domain, EvalItem
+from app.content import Domain, EvalItem, Persona
 from app.eval import report, targets
 from app.eval.cli import main, write_outputs
 from app.eval.run import (
@@ -33,10 +34,11 @@ from app.eval.run import (
     by_domain,
     cache_key,
     load_questions,
+    prompt_text,
 )
 from app.eval.verdict import Summary, SummaryRow, decide_verdict, summarize
 from app.inert import md_text
-from app.playground import PanelAnswer
+from app.playground import PanelAnswer, Playground
 from app.rag import Citation, RAGStore
 from app.serving import vllm_plugin
 from app.serving.client import ModelInfo, ServingClient
@@ -364,32 +366,46 @@ def test_cache_key_is_stable() -> None:
     assert key not in others and len(others) == 4
 
 
-def test_answers_are_asked_again_after_retraining_or_a_kb_edit(tmp_path: Path) -> None:
+def test_answers_are_asked_again_after_retraining_or_an_edit(tmp_path: Path) -> None:
+    """A retrained adapter, an edited knowledge base or persona, another number of passages or another vLLM each
+    re-ask exactly the answers that depend on them."""
     adapter, kb = tmp_path / "adapters" / "support", tmp_path / "kb" / "support"
     adapter.mkdir(parents=True)
     kb.mkdir(parents=True)
     (adapter / "adapter_model.safetensors").write_bytes(b"weights v1")
     (kb / "plans.md").write_text("# Plans\nAcme Unlimited is $45/month.\n")
     rag = RAGStore(load_settings(None, {"paths.kb": str(kb.parent), "paths.data": str(tmp_path / "data")}))
+    persona = Persona(name="support", display_name="Acme", disclaimer="Demo.", system_prompt="You are Acme's agent.")
+    playground = Playground(ServingClient("http://127.0.0.1:9/v1"), rag, {"support": persona})
     models = [ModelInfo("base", root="/models/SmolLM2"), ModelInfo("support", parent="base", root=str(adapter))]
     item = EvalItem(id="support-001", domain="support", question="How much?", expected_terms=[["$45"]])
-    jobs = [Job(item, spec, Setup.parse(spec, policy("support"))) for spec in ("base", "adapter", "base+rag")]
+    specs = ("base", "adapter", "base+rag", "base+persona")
+    jobs = [Job(item, spec, Setup.parse(spec, policy("support"))) for spec in specs]
 
-    base, tuned, retrieved = answer_versions(jobs, models, rag, "vllm:0.32.0")
-    assert base == "/models/SmolLM2|vllm:0.32.0", "base-model answers depend on the model and the server only"
+    def versions(store: RAGStore = rag, serving: str = "vllm:0.32.0") -> list[str]:
+        return answer_versions(jobs, models, store, serving, [prompt_text(playground, job) for job in jobs])
+
+    base, tuned, retrieved, prompted = first = versions()
+    question = hashlib.sha256(json.dumps([{"role": "user", "content": "How much?"}]).encode()).hexdigest()
+    assert base == f"/models/SmolLM2|vllm:0.32.0|{question}", "the base model's answer: model, server and prompt"
     (adapter / "adapter_model.safetensors").write_bytes(b"weights v2")  # retrained
     (kb / "plans.md").write_text("# Plans\nAcme Unlimited is $50/month.\n")  # the price changed
-    again = answer_versions(jobs, models, rag, "vllm:0.32.0")
-    assert again[0] == base
+    again = versions()
+    assert again[0] == base and again[3] == prompted
     assert again[1] != tuned and again[2] != retrieved, "new weights and new KB text make new cache keys"
-    assert len(set(answer_versions(jobs, models, rag, "vllm:0.33.0")) & set(again)) == 0, "another vLLM re-asks all"
-    more = RAGStore(rag.settings.model_copy(update={"rag": RAGSettings(passages=4)}))
-    assert answer_versions(jobs, models, more, "vllm:0.32.0")[:2] == again[:2], "passages matter to RAG answers only"
-    assert answer_versions(jobs, models, more, "vllm:0.32.0")[2] != again[2], "another number of passages re-asks"
+    assert len(set(versions(serving="vllm:0.33.0")) & set(again)) == 0, "another vLLM re-asks all"
+    more = versions(RAGStore(rag.settings.model_copy(update={"rag": RAGSettings(passages=4)})))
+    assert [more[i] == again[i] for i in range(4)] == [True, True, False, True], "passages: RAG answers only"
+    playground.personas["support"] = persona.model_copy(update={"system_prompt": "You are Acme's best agent."})
+    edited = versions()
+    assert [edited[i] == again[i] for i in range(4)] == [True, True, True, False], "an edited persona re-asks its own"
+    assert first[0] == edited[0]
+    playground.personas.clear()
+    assert "unknown persona support" in prompt_text(playground, jobs[3]), "a missing persona still has a key"
     remote = [models[0], ModelInfo("support", parent="base", root="/srv/adapters/support")]  # weights not readable
     ops = vllm_plugin.lora_ops_version()
-    assert answer_versions(jobs[1:2], remote, rag, "vllm:0.32.0") == [
-        f"/models/SmolLM2|vllm:0.32.0|/srv/adapters/support|{ops}"
+    assert answer_versions(jobs[1:2], remote, rag, "vllm:0.32.0", [prompt_text(playground, jobs[1])]) == [
+        f"/models/SmolLM2|vllm:0.32.0|{question}|/srv/adapters/support|{ops}"
     ]
 
 

@@ -129,12 +129,15 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def answer_versions(jobs: Sequence[Job], models: Sequence[ModelInfo], rag: RAGStore, serving: str) -> list[str]:
+def answer_versions(
+    jobs: Sequence[Job], models: Sequence[ModelInfo], rag: RAGStore, serving: str, prompts: Sequence[str]
+) -> list[str]:
     """Per job, what its answer depends on beyond Setup and question: the base model, the server's vLLM version
-    (`serving`), for an adapter the hash of its weights (its folder as the server names it, where they cannot be
-    read) and of the CPU LoRA ops' code, and the hash of the knowledge base's files and of how many passages a prompt
-    gets, so that a retrained adapter, an edited knowledge base, another `rag.passages` or other serving arithmetic
-    is asked again, not read from the cache."""
+    (`serving`), the hash of its prompt (`prompts`: the messages it sends, passages left out, so the persona's text
+    and RAG's rules), for an adapter the hash of its weights (its folder as the server names it, where they cannot
+    be read) and of the CPU LoRA ops' code, and the hash of the knowledge base's files and of how many passages a
+    prompt gets, so that an edited persona or prompt, a retrained adapter, an edited knowledge base, another
+    `rag.passages` or other serving arithmetic is asked again, not read from the cache."""
     base = next(model for model in models if not model.is_adapter)
     weights: dict[str, str] = {}
     for model in models:
@@ -146,11 +149,12 @@ def answer_versions(jobs: Sequence[Job], models: Sequence[ModelInfo], rag: RAGSt
     files = {kb: _sha256(json.dumps([rag.fingerprint(kb), passages], sort_keys=True).encode()) for kb in kbs if kb}
     ops = lora_ops_version()  # reads and hashes files: once, not per job
     versions = []
-    for job in jobs:
+    for job, prompt in zip(jobs, prompts, strict=True):
         adapter = job.setup.adapter or ""
         parts = [
             base.root or base.id,
             serving,
+            _sha256(prompt.encode()),
             weights.get(adapter),
             ops if adapter else "",
             files.get(job.setup.rag or ""),
@@ -196,6 +200,15 @@ class AnswerCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as file:
                 file.write(json.dumps({"key": key, "answer": asdict(answer)}, ensure_ascii=False) + "\n")
+
+
+def prompt_text(playground: Playground, job: Job) -> str:
+    """The messages `job` sends, passages left out, as JSON; for an unknown persona (the answer will be an error
+    naming it) the persona's name."""
+    try:
+        return json.dumps(playground.messages(job.setup, [], job.item.question, []), ensure_ascii=False)
+    except ValueError:
+        return f"unknown persona {job.setup.persona}"
 
 
 async def answer_one(playground: Playground, job: Job) -> PanelAnswer:
@@ -317,7 +330,8 @@ async def evaluate(
     if not jobs:
         raise EvalError("nothing to ask: " + ("; ".join(warnings) or "no questions"))
     serving = await playground.client.server_version()
-    versions = await asyncio.to_thread(answer_versions, jobs, models, rag, serving)
+    prompts = [prompt_text(playground, job) for job in jobs]
+    versions = await asyncio.to_thread(answer_versions, jobs, models, rag, serving, prompts)
     cache = AnswerCache() if cache is None else cache
     answers = await collect_answers(playground, jobs, versions=versions, cache=cache, concurrency=concurrency)
     results = await asyncio.to_thread(score_all, jobs, answers, judge)
