@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,10 +310,12 @@ def cpu_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(md_table(headers, cells))
 
 
-def start_app(vllm_url: str, api_key: str, data: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`python -m app --vllm-url ...` on a free port, as a user runs it against a server of their own."""
+def start_app(vllm_url: str, api_key: str, data: Path, log: Path,
+              settings: Mapping[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:  # fmt: skip
+    """`python -m app --vllm-url ...` on a free port, as a user runs it against a server of their own; `settings` are
+    more ARENA_* variables for it."""
     port = free_port()
-    env = {**os.environ, "ARENA_VLLM__API_KEY": api_key, "ARENA_PATHS__DATA": str(data)}
+    env = {**os.environ, **(settings or {}), "ARENA_VLLM__API_KEY": api_key, "ARENA_PATHS__DATA": str(data)}
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "app", "--vllm-url", vllm_url, "--port", str(port)],

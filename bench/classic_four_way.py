@@ -1,4 +1,4 @@
-"""The Compare tab's "classic four-way" preset through the app, with our LoRA ops against vLLM's own (the "before").
+"""The Compare tab's "classic four-way" preset through the app as it is against the app before the serving work.
 
     .venv/bin/python bench/classic_four_way.py [--rounds 3] [--tokens 256] [--label classic-latest]
     (or: make bench-classic)
@@ -6,7 +6,9 @@
 Issue #14's target: the classic four-way (base + persona, adapter + persona, base + persona + RAG, adapter + RAG)
 done in at most half the wall time it took before the serving work. Starts two vLLM servers as `make run` does,
 one with our CPU LoRA ops and one with vLLM's own (`ADAPTER_ARENA_LORA_OPS=vllm`, the ops the app used before,
-with the -1 fix), and the app on each (`python -m app --vllm-url`). Then asks each domain's first example question
+with the -1 fix), and three apps (`python -m app --vllm-url`), one a side (SIDES): "before" (vLLM's ops, 4 RAG
+passages, as the app was), "ours, 4 passages" (our ops alone) and "ours" (our ops, the app's `rag.passages`). Then
+asks each domain's first example question
 with the preset's four panels through the app (bench_app.AppTab, a browser tab's protocol: the Compare tab's
 `/answer_all`, a new session per question), greedy, the app's repetition controls, at most `--tokens` tokens, both
 servers in seeded shuffled rounds after a warm-up. A sample is the time until the fourth answer's stats line
@@ -47,6 +49,12 @@ from bench.bench_serving import (
 REPO = Path(__file__).resolve().parent.parent
 PRESET = "classic four-way"
 OPS = {"ours": {}, "vllm": {OPS_ENV: "vllm"}}  # the server's environment per LoRA ops choice
+BEFORE_PASSAGES = {"ARENA_RAG__PASSAGES": "4"}  # what a RAG panel got before `rag.passages` (2026-12-07)
+SIDES = {  # side -> (its server's LoRA ops, its app's settings)
+    "vllm": ("vllm", BEFORE_PASSAGES),
+    "ours4": ("ours", BEFORE_PASSAGES),
+    "ours": ("ours", {}),
+}
 
 
 def classic_cases(adapters: dict[str, Path]) -> list[Case]:
@@ -61,17 +69,17 @@ def classic_cases(adapters: dict[str, Path]) -> list[Case]:
 
 def measure(tabs: dict[str, AppTab], all_cases: list[Case], *, rounds: int, tokens: int,
             seed: int) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
-    """Every case on both servers' apps, in shuffled rounds after a warm-up round (round 0)."""
-    runs = [(case, ops) for case in all_cases for ops in OPS]
-    samples: dict[str, list[dict[str, Any]]] = {f"{case.name}_{ops}": [] for case, ops in runs}
+    """Every case on every side's app, in shuffled rounds after a warm-up round (round 0)."""
+    runs = [(case, side) for case in all_cases for side in SIDES]
+    samples: dict[str, list[dict[str, Any]]] = {f"{case.name}_{side}": [] for case, side in runs}
     rng = random.Random(seed)
     for number in range(rounds + 1):
         rng.shuffle(runs)
-        for case, ops in runs:
+        for case, side in runs:
             time.sleep(0.5)
-            sample = figures(run_app([tabs[ops]], case, tokens))
+            sample = figures(run_app([tabs[side]], case, tokens))
             if number:
-                samples[f"{case.name}_{ops}"].append(sample)
+                samples[f"{case.name}_{side}"].append(sample)
         print(f"round {number}/{rounds} done (load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
     return samples
 
@@ -80,20 +88,23 @@ def summarise(all_cases: list[Case], samples: dict[str, list[dict[str, Any]]]) -
     rows = []
     for case in all_cases:
         row: dict[str, Any] = {"domain": case.name, "question": case.question}
-        for ops in OPS:
-            row[f"{ops}_wall_s"] = round(statistics.median(s["wall_s"] for s in samples[f"{case.name}_{ops}"]), 2)
-            row[f"{ops}_tokens"] = samples[f"{case.name}_{ops}"][0]["tokens"]
+        for side in SIDES:
+            row[f"{side}_wall_s"] = round(statistics.median(s["wall_s"] for s in samples[f"{case.name}_{side}"]), 2)
+            row[f"{side}_tokens"] = samples[f"{case.name}_{side}"][0]["tokens"]
         row["ratio"] = round(row["ours_wall_s"] / row["vllm_wall_s"], 2)
+        row["ratio_ops"] = round(row["ours4_wall_s"] / row["vllm_wall_s"], 2)
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    headers = ["domain", "vLLM's LoRA ops (before)", "our LoRA ops", "ours / before", "answer tokens before / ours"]
+    headers = ["domain", "before (vLLM's LoRA ops, 4 passages)", "our ops, 4 passages", "our ops, rag.passages",
+               "ours / before (ops alone)", "answer tokens before / ours, 4 / ours"]  # fmt: skip
 
     def cells(r: dict[str, Any]) -> list[str]:
-        return [r["domain"], f"{r['vllm_wall_s']:.2f} s", f"{r['ours_wall_s']:.2f} s", f"{r['ratio']:.2f}",
-                f"{r['vllm_tokens']} / {r['ours_tokens']}"]  # fmt: skip
+        return [r["domain"], f"{r['vllm_wall_s']:.2f} s", f"{r['ours4_wall_s']:.2f} s", f"{r['ours_wall_s']:.2f} s",
+                f"{r['ratio']:.2f} ({r['ratio_ops']:.2f})",
+                f"{r['vllm_tokens']} / {r['ours4_tokens']} / {r['ours_tokens']}"]  # fmt: skip
 
     return "\n".join(md_table(headers, [cells(r) for r in rows]))
 
@@ -118,11 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         apps = []
         try:
             tabs = {}
-            for ops, server in servers.items():
+            for server in servers.values():
                 start(server, 600)
-                app, url = start_app(server.base_url, server.api_key or "", data / f"app-{ops}", data / f"{ops}.log")
+            for side, (ops, app_settings) in SIDES.items():
+                server = servers[ops]
+                app, url = start_app(server.base_url, server.api_key or "", data / f"app-{side}", data / f"{side}.log",
+                                     app_settings)  # fmt: skip
                 apps.append(app)
-                tabs[ops] = AppTab(url)
+                tabs[side] = AppTab(url)
             samples = measure(tabs, all_cases, rounds=args.rounds, tokens=args.tokens, seed=args.seed)
         finally:
             for app in apps:
