@@ -82,7 +82,7 @@ class Playground:
         `citations`; ValueError names an unknown persona. (The eval keys cached answers on it, without passages.)"""
         system = setup.system_text(self.personas)
         if setup.rag:
-            return build_rag_messages(system, history, question, citations)
+            return build_rag_messages(system, history, question, citations, brief=setup.brief)
         return build_messages(system, history, question)
 
     async def answer_one(

@@ -27,9 +27,11 @@ from app.content import NAME_PATTERN, Domain, Persona
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 1.0
 DEFAULT_MAX_TOKENS = 256
-# The `@key=value` part of a spec, in this order. The repetition controls are vLLM's: repetition_penalty divides the
-# logits of tokens already in the prompt or answer (1 = off); frequency and presence penalties are OpenAI's.
-SAMPLING = ("temperature", "top_p", "max_tokens", "seed", "repetition_penalty", "frequency_penalty", "presence_penalty")
+# The `@key=value` part of a spec, in this order: sampling, then `brief`. The repetition controls are vLLM's:
+# repetition_penalty divides the logits of tokens already in the prompt or answer (1 = off); frequency and presence
+# penalties are OpenAI's.
+SAMPLING = ("temperature", "top_p", "max_tokens", "seed", "repetition_penalty", "frequency_penalty", "presence_penalty",
+            "brief")  # fmt: skip
 REPETITION = ("repetition_penalty", "frequency_penalty", "presence_penalty")
 # What the Compare panels, the Arena and the eval start from, chosen by measurement on the eval sets (docs/eval.md,
 # "Repetition"): a frequency penalty of 1.0 ends nearly all loops and raises terminology (0.5, the default until
@@ -80,11 +82,18 @@ class Setup(BaseModel):
     repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description="1 = off; 1.1-1.3 curbs loops")
     frequency_penalty: float = Field(0.0, ge=0.0, le=2.0)
     presence_penalty: float = Field(0.0, ge=0.0, le=2.0)
+    brief: bool = Field(
+        True,
+        description="with RAG, ask for one short sentence (app.prompts.RAG_QUESTION_LEAD): fewer made-up figures and "
+        "loops from a small model, less terminology (docs/rag.md); False lets it answer in full",
+    )
 
     @model_validator(mode="after")
     def _one_prompt(self) -> Self:
         if self.persona and self.system_prompt:
             raise ValueError("a setup has a persona or a custom system prompt, not both")
+        if not self.brief and not self.rag:
+            raise ValueError("brief=0 (a full answer instead of one short sentence) applies to RAG only: add +rag")
         return self
 
     def system_text(self, personas: Mapping[str, Persona]) -> str | None:
@@ -99,7 +108,7 @@ class Setup(BaseModel):
     def record(self) -> dict[str, Any]:
         """The Setup as stored with votes and eval answers (JSON). Fields added later are left out while they have
         their default (the value earlier records meant), so records and cache keys written before them stay valid."""
-        later = ("system_prompt", *REPETITION)
+        later = ("system_prompt", *REPETITION, "brief")
         return self.model_dump(mode="json", exclude={name for name in later if getattr(self, name) == _DEFAULTS[name]})
 
     @property
@@ -147,6 +156,7 @@ class Setup(BaseModel):
             "repetition_penalty": "rep {:g}",
             "frequency_penalty": "freq {:g}",
             "presence_penalty": "pres {:g}",
+            "brief": "full answer",  # shown only when False: the default asks RAG for one short sentence
         }
         sampling = [names[key].format(value) for key, value in self.sampling.items()]
         return " + ".join(parts) + (f" ({', '.join(sampling)})" if sampling else "")

@@ -108,7 +108,7 @@ def panel_values(setup: Setup, tokens: int) -> list[Any]:
     """A Compare panel's inputs in app.ui.panel.FIELDS order (its conversation is session State: None here)."""
     values = {"model": model_of(setup), "history": None, "persona": setup.persona or NO_PERSONA, "system_prompt": "",
               "temperature": 0.0, "top_p": 1.0, "max_tokens": tokens, "seed": "", **RECOMMENDED,
-              "use_rag": setup.rag is not None, "kb": setup.rag}  # fmt: skip
+              "use_rag": setup.rag is not None, "kb": setup.rag, "brief": setup.brief}  # fmt: skip
     return [values[name] for name in FIELDS]
 
 

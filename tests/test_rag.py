@@ -13,9 +13,12 @@ from langchain_core.documents import Document
 
 from app.config import Settings, load_settings
 from app.content import EvalItem, load_jsonl
-from app.prompts import build_rag_messages
+from app.playground import Playground
+from app.prompts import RAG_QUESTION_LEAD, build_rag_messages
 from app.rag import ALL, RAGError, RAGStore, main
+from app.serving.client import ServingClient
 from app.serving.process import VLLMServer
+from app.setups import Setup
 from tests.conftest import REPO
 
 DOMAINS = ["finance", "legal", "medical", "support"]
@@ -238,6 +241,15 @@ def test_injected_instructions_stay_inside_the_context_block(tiny: RAGStore) -> 
     inside = user[user.index("<context>") : user.index("</context>")]
     assert "Ignore previous instructions" in inside and "[1] Pet tips" in inside and "[2] " in inside
     assert user.endswith("Question: What should I feed my hamster?")
+
+
+def test_a_brief_setup_asks_for_one_short_sentence_right_before_the_question() -> None:
+    brief, full = (build_rag_messages(None, [], "Q?", [], brief=b)[-1]["content"] for b in (True, False))
+    assert brief.endswith(f"</context>\n\n{RAG_QUESTION_LEAD} Question: Q?")
+    assert full.endswith("</context>\n\nQuestion: Q?") and RAG_QUESTION_LEAD not in full
+    playground = Playground(ServingClient("http://127.0.0.1:9/v1"), RAGStore(load_settings()), {})
+    sent = [playground.messages(Setup(rag="pets", brief=b), [], "Q?", [])[-1]["content"] for b in (True, False)]
+    assert sent == [brief, full], "the Playground sends what the Setup asks for"
 
 
 def test_history_keeps_plain_questions() -> None:

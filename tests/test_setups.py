@@ -13,19 +13,23 @@ from app.setups import ARENA_POOL, EVAL_MATRIX, PRESETS, RECIPES, Setup, SpecErr
 LEGAL = Domain(name="legal", persona="legal", adapter="legal", knowledge_base="legal")
 TAX = Domain(name="tax", persona="tax-advisor", adapter="tax-lora", knowledge_base=None)
 names = st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True)
-setups = st.builds(
-    Setup,
-    adapter=st.none() | names,
-    persona=st.none() | names,
-    rag=st.none() | names,
-    temperature=st.floats(0, 2, allow_nan=False),
-    top_p=st.floats(0, 1, exclude_min=True, allow_nan=False),
-    max_tokens=st.integers(1, 8192),
-    seed=st.none() | st.integers(0, 2**31),
-    repetition_penalty=st.floats(1, 2, allow_nan=False),
-    frequency_penalty=st.floats(0, 2, allow_nan=False),
-    presence_penalty=st.floats(0, 2, allow_nan=False),
-) | st.builds(Setup, system_prompt=st.text(min_size=1), rag=st.none() | names)
+setups = (
+    st.builds(
+        Setup,
+        adapter=st.none() | names,
+        persona=st.none() | names,
+        rag=st.none() | names,
+        temperature=st.floats(0, 2, allow_nan=False),
+        top_p=st.floats(0, 1, exclude_min=True, allow_nan=False),
+        max_tokens=st.integers(1, 8192),
+        seed=st.none() | st.integers(0, 2**31),
+        repetition_penalty=st.floats(1, 2, allow_nan=False),
+        frequency_penalty=st.floats(0, 2, allow_nan=False),
+        presence_penalty=st.floats(0, 2, allow_nan=False),
+    )
+    | st.builds(Setup, system_prompt=st.text(min_size=1), rag=st.none() | names)
+    | st.builds(Setup, rag=names, brief=st.booleans())
+)
 
 
 @given(setups)
@@ -50,6 +54,8 @@ def test_records_read_back(setup: Setup) -> None:
          "medical adapter + RAG(all) (seed 7)"),
         ('base+prompt:"Be brief + kind @ home"', Setup(system_prompt="Be brief + kind @ home"),
          "base model + custom prompt"),
+        ("base+persona+rag@brief=0", Setup(persona="legal", rag="legal", brief=False),
+         "base model + legal persona + RAG(legal) (full answer)"),
     ],
 )  # fmt: skip
 def test_named_and_full_specs(spec: str, expected: Setup, label: str) -> None:
@@ -65,6 +71,7 @@ def test_repetition_controls_are_part_of_a_setup_but_old_records_stay_valid() ->
     assert set(Setup().record()) == {"adapter", "persona", "rag", "temperature", "top_p", "max_tokens", "seed"}, (
         "a neutral Setup is stored as before the controls existed, so earlier cache keys and votes still match"
     )
+    assert "brief" not in Setup(rag="legal").record() and Setup(rag="legal", brief=False).record()["brief"] is False
 
 
 def test_names_come_from_the_domain_policy() -> None:
@@ -93,6 +100,7 @@ def test_relative_spec_names_the_recipe_only_for_its_own_domain() -> None:
         ('base+prompt:"unterminated', "JSON string"),
         ("adapter:../etc", "adapter"),
         ('base+persona:legal+prompt:"x"', "not both"),
+        ("base+persona@brief=0", "applies to RAG only"),
     ],
 )
 def test_bad_specs_say_what_is_expected(spec: str, message: str) -> None:

@@ -13,7 +13,7 @@ from gradio_client.client import Job
 from gradio_client.exceptions import AppError
 
 from app.content import load_content
-from app.prompts import message_text
+from app.prompts import RAG_QUESTION_LEAD, message_text
 from app.rag import Citation
 from app.scoring.judge import score_answer
 from app.serving.process import VLLMServer
@@ -306,3 +306,15 @@ def test_repetition_controls_reach_the_server(fake_server: FakeOpenAI, fake_app:
         0.3,
         0.4,
     )
+
+
+def test_the_brief_checkbox_reaches_the_rag_prompt(fake_server: FakeOpenAI, fake_app: str) -> None:
+    """Ticked (the default), a RAG panel asks for one short sentence; unticked, it asks for a full answer; without
+    RAG the box means nothing and the panel answers as usual."""
+    client = Client(fake_app, verbose=False)
+    question = "How much is Acme Unlimited?"
+    chats = ask(client, question, panel(rag=True), panel(rag=True, brief=False), panel(brief=False)).result(timeout=120)
+    asked = [body["messages"][-1]["content"] for body in fake_server.requests[-3:]]
+    assert sorted(RAG_QUESTION_LEAD in text for text in asked) == [False, False, True]
+    assert sum(text.endswith(f"\n\nQuestion: {question}") for text in asked) == 1, "the unticked RAG panel"
+    assert all("RAG only" not in str(chat) for chat in chats[:3])

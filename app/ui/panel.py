@@ -24,7 +24,7 @@ from app.ui.display import sources_markdown
 NO_PERSONA = "none"
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # all but tab, newline, carriage return
 FIELDS = ("model", "history", "persona", "system_prompt", "temperature", "top_p", "max_tokens", "seed",
-          "repetition_penalty", "frequency_penalty", "presence_penalty", "use_rag", "kb")  # fmt: skip
+          "repetition_penalty", "frequency_penalty", "presence_penalty", "use_rag", "kb", "brief")  # fmt: skip
 
 
 @dataclass
@@ -44,6 +44,7 @@ class PanelControls:
     presence_penalty: gr.Slider
     use_rag: gr.Checkbox
     kb: gr.Dropdown
+    brief: gr.Checkbox
     chatbot: gr.Chatbot
     history: gr.State  # the raw conversation: [{"role", "content"}, ...]
     stats: gr.Markdown
@@ -83,6 +84,7 @@ def build_panel(index: int, settings: Settings, persona_names: list[str], kb_nam
             # A Textbox, not a Number: Gradio 6.31's Number turns blank into 0 once its accordion is opened.
             seed = gr.Textbox(label="Seed (blank = random)", placeholder="random", max_lines=1)
             repetition_penalty, frequency_penalty, presence_penalty = repetition_sliders()
+            brief = gr.Checkbox(True, label="RAG: ask for one short sentence (fewer made-up figures, fewer terms)")
         chatbot = gr.Chatbot(label=f"Panel {index + 1}", height=380, sanitize_html=True, allow_tags=False,
                              buttons=["copy", "copy_all"])  # fmt: skip
         history = gr.State([])
@@ -94,8 +96,8 @@ def build_panel(index: int, settings: Settings, persona_names: list[str], kb_nam
             passages = gr.Markdown()
         citations.change(sources_markdown, inputs=citations, outputs=[sources, passages], api_visibility="private")
     return PanelControls(column, model, persona, system_prompt, temperature, top_p, max_tokens, seed,
-                         repetition_penalty, frequency_penalty, presence_penalty, use_rag, kb, chatbot, history, stats,
-                         marks, citations)  # fmt: skip
+                         repetition_penalty, frequency_penalty, presence_penalty, use_rag, kb, brief, chatbot, history,
+                         stats, marks, citations)  # fmt: skip
 
 
 def panel_setup(values: Mapping[str, Any], base_model: str, personas: Mapping[str, Persona]) -> Setup:
@@ -114,6 +116,7 @@ def panel_setup(values: Mapping[str, Any], base_model: str, personas: Mapping[st
             persona=persona.name if persona and is_persona else None,
             system_prompt=prompt if prompt and not is_persona else None,
             rag=(values["kb"] or ALL) if values["use_rag"] else None,
+            brief=values["brief"] or not values["use_rag"],  # it only means something with RAG
             temperature=values["temperature"],
             top_p=values["top_p"],
             max_tokens=int(values["max_tokens"]),
