@@ -89,7 +89,7 @@ class Setup(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _one_prompt(self) -> Self:
+    def _consistent(self) -> Self:
         if self.persona and self.system_prompt:
             raise ValueError("a setup has a persona or a custom system prompt, not both")
         if not self.brief and not self.rag:
@@ -113,7 +113,7 @@ class Setup(BaseModel):
 
     @property
     def sampling(self) -> dict[str, Any]:
-        """The sampling values that differ from the defaults, in SAMPLING order."""
+        """The `@` values (sampling, and `brief`) that differ from the defaults, in SAMPLING order."""
         defaults = Setup()
         return {key: getattr(self, key) for key in SAMPLING if getattr(self, key) != getattr(defaults, key)}
 
