@@ -5,8 +5,9 @@
 
 Starts three vLLM servers on free loopback ports, one after the other, and keeps them up:
 - `nolora`: the embedded model without `--enable-lora` (the reference every ratio divides by);
-- `ours`: the server `make run` starts (LoRA enabled, the shipped adapters of adapters/, our vLLM plugin loaded);
-- `compiled`: the same with torch.compile kept on for LoRA (setting `vllm.compile`, app/serving/cpu_lora.py).
+- `ours`: LoRA enabled, the shipped adapters of adapters/, our vLLM plugin loaded, torch.compile off (`vllm.compile:
+  false`, how `make run` served until 2026-12-07; the case names keep "ours" so older runs compare);
+- `compiled`: the same with torch.compile kept on for LoRA (`vllm.compile`, the default: what `make run` starts).
 Then runs every case once as a warm-up and `--rounds` times more, the cases of a round in a seeded shuffled order
 (so the servers and all cases are measured interleaved, under the same machine load), each request forced to
 exactly `--tokens` new tokens (ignore_eos + min_tokens), greedy. A case's figure is the median wall time until all
@@ -225,7 +226,7 @@ def server_for(
     extra_args: Sequence[str] = (),
     cpu_cores: str | None = None,
 ) -> VLLMServer:
-    """One of SERVERS, its files under data/name: the no-LoRA reference, ours as `make run` starts it, or compiled."""
+    """One of SERVERS, its files under data/name: the no-LoRA reference, ours uncompiled, or compiled (the default)."""
     overrides = {"vllm.kv_cache_gib": kv_cache_gib, "vllm.compile": name == "compiled", "vllm.cpu_cores": cpu_cores}
     settings = settings_for(model_dir, data / name, overrides, extra_args)
     if name == "nolora":

@@ -4,6 +4,7 @@ and the tab end to end against the real vLLM server (which serves the base model
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import html
 import json
@@ -22,7 +23,7 @@ from gradio_client import Client
 
 from app import model_cards
 from app.config import RAGSettings, Settings, load_settings
-from app.content import Domain, EvalItem, Persona
+from app.content import Domain, EvalItem, Persona, load_content
 from app.eval import report, targets
 from app.eval.cli import main, write_outputs
 from app.eval.run import (
@@ -33,6 +34,7 @@ from app.eval.run import (
     answer_versions,
     by_domain,
     cache_key,
+    evaluate,
     load_questions,
     prompt_text,
 )
@@ -40,11 +42,13 @@ from app.eval.verdict import Summary, SummaryRow, decide_verdict, summarize
 from app.inert import md_text
 from app.playground import PanelAnswer, Playground
 from app.rag import Citation, RAGStore
+from app.scoring.judge import Judge
 from app.serving import vllm_plugin
 from app.serving.client import ModelInfo, ServingClient
 from app.serving.process import VLLMServer
 from app.setups import Setup
 from tests.conftest import REPO, free_port
+from tests.fake_openai import FakeOpenAI
 
 RATES = ("terminology_accuracy", "hallucination_rate", "groundedness", "style_score")
 ROW_KEYS = {"domain", "model", "persona", "rag", *RATES, "latency_s", "n"}
@@ -419,6 +423,27 @@ def test_the_lora_ops_version_follows_their_code(tmp_path: Path, monkeypatch: py
     assert vllm_plugin.lora_ops_version() != before
 
 
+def test_answers_of_another_serving_mode_are_asked_again(
+    fake_server: FakeOpenAI, server_settings: Settings, tmp_path: Path
+) -> None:
+    """A compiled server's greedy answers can differ from an eager one's in a near tie, so the cache keys on the
+    mode the CLI passes (`torch.compile on` / `off` for a server it started)."""
+    content = load_content()
+    fake_server.script("base", "Acme Unlimited is $45/month.")
+    rag = RAGStore(server_settings)
+    playground = Playground(ServingClient(fake_server.base_url), rag, content.personas)
+    cache = AnswerCache(tmp_path / "cache.jsonl")
+
+    async def cached(modes: list[str]) -> list[int]:
+        questions = {"support": content.evals["support"][:1]}
+        judge = Judge(content, rag)
+        runs = [await evaluate(playground, judge, questions, ["base"], cache=cache, serving_mode=m) for m in modes]
+        return [run.cached for run in runs]
+
+    on, off = "torch.compile on (vllm.compile)", "torch.compile off (vllm.compile)"
+    assert asyncio.run(cached([on, on, off, off])) == [0, 1, 0, 1]
+
+
 def test_answer_cache_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "cache.jsonl"
     cited = Citation(title="Plans", source="Guide", path="support/plans.md", heading="Prices", score=0.8, text="$45")
@@ -501,7 +526,7 @@ def test_cli_starts_its_own_server_and_uses_its_key(server_settings: Settings, t
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["spec"], bool(r["answer"]), r.get("error")) for r in lines] == [("base", True, None)], lines
     server = json.loads((out / "run.json").read_text())["server"]
-    assert "started by this run" in server and "torch.compile off" in server, "the serving mode the latencies measure"
+    assert "started by this run" in server and "torch.compile on" in server, "the serving mode the latencies measure"
 
 
 async def test_answers_key_on_the_servers_vllm_version(vllm_server: VLLMServer) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from app.__main__ import main as app_main
 from app.adapters.validate import discover_adapters
-from app.config import ConfigError, load_settings
+from app.config import ConfigError, Settings, load_settings
 from app.serving.client import ServingClient, ServingError
 from app.serving.process import VLLMServer, start_local_server
 from app.serving.vllm_plugin import COMPILE_ENV
@@ -45,8 +45,33 @@ def test_environment_sets_cpu_kv_cache_and_runtime_lora() -> None:
 
 def test_compile_setting_alone_decides_whether_vllm_compiles_with_lora(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(COMPILE_ENV, "1")  # left over in the shell: the setting, not this, decides
-    assert COMPILE_ENV not in VLLMServer(load_settings(None, {})).environment()
-    assert VLLMServer(load_settings(None, {"vllm.compile": True})).environment()[COMPILE_ENV] == "1"
+    assert COMPILE_ENV not in VLLMServer(load_settings(None, {"vllm.compile": False})).environment()
+    assert VLLMServer(load_settings(None, {})).environment()[COMPILE_ENV] == "1", "compiled by default"
+
+
+async def test_a_second_start_loads_the_compiled_model_from_the_cache(
+    vllm_server: VLLMServer, server_settings: Settings
+) -> None:
+    """The session's server compiled the model (or loaded it); another start with the same settings must load vLLM's
+    saved compilation instead of compiling again (the plugin's fix, app/serving/vllm_plugin.py point 4) and answer
+    token for token as the first does."""
+    loaded = "Directly load AOT compilation"
+    vllm = server_settings.vllm.model_copy(update={"port": free_port()})
+    settings = server_settings.model_copy(update={"vllm": vllm})
+    question = [{"role": "user", "content": "How does compound interest work?"}]
+
+    async def answer(server: VLLMServer) -> str:
+        client = server.client()
+        try:
+            return "".join([d.text async for d in client.stream_chat("base", question, temperature=0.0, max_tokens=32)])
+        finally:
+            await client.close()
+
+    with VLLMServer(settings, log_path=server_settings.paths.data / "logs" / "vllm-again.log", adapters={}) as again:
+        again.wait_ready(progress=False)
+        log = again.log_path.read_text(errors="replace")
+        assert loaded in log and "load failure" not in log, again.log_tail()
+        assert await answer(again) == await answer(vllm_server)
 
 
 def test_cpu_cores_setting_binds_the_servers_threads(monkeypatch: pytest.MonkeyPatch) -> None:

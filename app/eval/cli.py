@@ -214,14 +214,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 async def _evaluate_with_client(
     client: ServingClient, rag: RAGStore, content: Content, questions: Mapping[str, Sequence[EvalItem]],
-    args: argparse.Namespace,
+    args: argparse.Namespace, *, mode: str,
 ) -> EvalRun:  # fmt: skip
     playground = Playground(client, rag, content.personas)
     judge = Judge(content, rag)
     try:
         return await evaluate(
             playground, judge, questions, args.configs, cache=AnswerCache(args.out / "cache.jsonl"),
-            max_tokens=args.max_tokens, concurrency=args.concurrency, margin=args.margin,
+            max_tokens=args.max_tokens, concurrency=args.concurrency, margin=args.margin, serving_mode=mode,
         )  # fmt: skip
     finally:
         await client.close()
@@ -251,7 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if server is not None:
                 server.wait_ready()
             client = ServingClient.from_settings(settings, api_key=server.api_key if server else None)
-            run = asyncio.run(_evaluate_with_client(client, rag, content, questions, args))
+            # How the server computes: latencies and greedy answers depend on it (an external server's is not known).
+            mode = f"torch.compile {'on' if settings.vllm.compile else 'off'} (vllm.compile)" if server else ""
+            run = asyncio.run(_evaluate_with_client(client, rag, content, questions, args, mode=mode))
     except (EvalError, ServingError, RAGError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -261,9 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    # Latencies depend on how the server runs: say which mode measured them (an external server's is not known).
-    mode = f"started by this run, LoRA on, torch.compile {'on' if settings.vllm.compile else 'off'} (vllm.compile)"
-    where = f"{settings.vllm.base_url} ({mode if server else 'external: its serving mode is not known here'})"
+    serving = f"started by this run, LoRA on, {mode}" if mode else "external: its serving mode is not known here"
+    where = f"{settings.vllm.base_url} ({serving})"
     volatile = sorted(name for name, domain in content.domains.items() if domain.facts_change_often)
     meta = run_meta(args, run, server=where, wall_s=time.monotonic() - started, argv=argv, volatile=volatile)
     written = write_outputs(

@@ -313,8 +313,11 @@ async def evaluate(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     concurrency: int = DEFAULT_CONCURRENCY,
     margin: float = VERDICT_MARGIN,
+    serving_mode: str = "",
 ) -> EvalRun:
     """Answer every question with every spec the server can serve, judge the answers and summarise them.
+    `serving_mode` says how the server computes (e.g. "torch.compile on"), where known: it changes greedy answers'
+    last bits, so cached answers of another mode are asked again.
 
     Raises ServingError when the server is unreachable and EvalError when nothing can be asked.
     """
@@ -329,7 +332,7 @@ async def evaluate(
         log.warning(warning)
     if not jobs:
         raise EvalError("nothing to ask: " + ("; ".join(warnings) or "no questions"))
-    serving = await playground.client.server_version()
+    serving = " ".join(filter(None, [await playground.client.server_version(), serving_mode]))
     prompts = [prompt_text(playground, job) for job in jobs]
     versions = await asyncio.to_thread(answer_versions, jobs, models, rag, serving, prompts)
     cache = AnswerCache() if cache is None else cache

@@ -13,11 +13,16 @@
    still use vLLM's ops (embedding and logits LoRA, or the `vllm` setting above), the rows of tokens with index -1
    are zeroed and their index clamped to a valid slot before each bgmv op, so they receive exactly no adapter
    delta. (The sgmv ops call the bgmv ones.)
-3. Compilation, opt-in: vLLM's CPU platform turns torch.compile off whenever LoRA is enabled, which slows base
-   requests on a LoRA server too. With `ADAPTER_ARENA_LORA_COMPILE=1` (set by `VLLMServer` from the setting
-   `vllm.compile`; grouped ops only) the plugin keeps it on;
-   the grouped wrapper then runs its LoRA calls as custom ops the compiler does not trace (app/serving/cpu_lora.py).
-4. Which tokens are a prompt's. The grouped ops round a prompt's tokens in fixed blocks and decode tokens one row at
+3. Compilation: vLLM's CPU platform turns torch.compile off whenever LoRA is enabled, which slows base requests on
+   a LoRA server too. With `ADAPTER_ARENA_LORA_COMPILE=1` (set by `VLLMServer` from the setting `vllm.compile`, on
+   by default; grouped ops only) the plugin keeps it on; the grouped wrapper then runs its LoRA calls as custom ops
+   the compiler does not trace (app/serving/cpu_lora.py).
+4. Compile cache. With torch >= 2.10 vLLM saves the compiled model ("AOT compile", ~/.cache/vllm) and loads it on
+   the next start by calling `finalize_loading` on the saved callable, which only vLLM's own backend has; on CPU the
+   backend is Inductor's, so every load failed ("'function' object has no attribute 'finalize_loading'") and every
+   start compiled again (~60-100 s on 2 cores). The plugin gives Inductor's saved callable the no-op it needs: it is
+   complete once loaded (upstream, vLLM would skip the call for callables without it). Every server, LoRA or not.
+5. Which tokens are a prompt's. The grouped ops round a prompt's tokens in fixed blocks and decode tokens one row at
    a time; vLLM's LoRA mapping does not say which is which, so the plugin wraps the model runner's
    `set_active_loras`, which has the step's input batch, to mark them (grouped ops only).
 
@@ -89,6 +94,7 @@ def register() -> None:
         setattr(lora_ops, name, fixed)
         if hasattr(punica_cpu, name):
             setattr(punica_cpu, name, fixed)
+    loading_saved_compilations()
     ops = lora_ops_setting()
     if ops == "grouped":
         CpuPlatform.get_punica_wrapper = classmethod(lambda cls: GROUPED_WRAPPER)  # type: ignore[method-assign,assignment]
@@ -99,6 +105,14 @@ def register() -> None:
         CpuPlatform.check_and_update_config = classmethod(compiling_with_lora(CpuPlatform.check_and_update_config))  # type: ignore[method-assign,assignment]
     print(f"adapter-arena plugin: LoRA index -1 fix applied, {ops} LoRA ops{', compiled' if compiled else ''} "
           f"({__file__})", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def loading_saved_compilations() -> None:
+    """Let vLLM load a model it compiled on an earlier start (point 4 above) instead of compiling it again."""
+    from torch._dynamo.aot_compile_types import BundledAOTAutogradSerializableCallable
+
+    if not hasattr(BundledAOTAutogradSerializableCallable, "finalize_loading"):
+        BundledAOTAutogradSerializableCallable.finalize_loading = lambda self, vllm_config: None  # type: ignore[attr-defined]
 
 
 def marking_prompt_tokens(set_active: Callable[..., None]) -> Callable[..., None]:
