@@ -149,8 +149,10 @@ class VLLMServer:
                 )
             if progress and elapsed - last_note >= 5:
                 last_note = elapsed
+                slow = self.settings.vllm.compile and elapsed >= 40
+                compiling = " (a first start compiles the model: 1-2 min; later ones load it)" if slow else ""
                 print(
-                    f"Starting vLLM ({self.settings.model.path}) ... {elapsed:.0f} s (log: {self.log_path})",
+                    f"Starting vLLM ({self.settings.model.path}) ... {elapsed:.0f} s{compiling} (log: {self.log_path})",
                     file=sys.stderr,
                     flush=True,
                 )
