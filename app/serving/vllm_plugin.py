@@ -109,8 +109,10 @@ def register() -> None:
 
 def loading_saved_compilations() -> None:
     """Let vLLM load a model it compiled on an earlier start (point 4 above) instead of compiling it again."""
-    from torch._dynamo.aot_compile_types import BundledAOTAutogradSerializableCallable
-
+    try:
+        from torch._dynamo.aot_compile_types import BundledAOTAutogradSerializableCallable
+    except ImportError:  # a torch without this saved form (e.g. another build on GPU): nothing to mend
+        return
     if not hasattr(BundledAOTAutogradSerializableCallable, "finalize_loading"):
         BundledAOTAutogradSerializableCallable.finalize_loading = lambda self, vllm_config: None  # type: ignore[attr-defined]
 
